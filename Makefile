@@ -1,0 +1,65 @@
+# make help lists the targets. Every target installs what it needs first.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+LOCAL := $(CURDIR)/.local
+
+# The embedded default: everything lives in the git-ignored .local/ folder.
+# Any of these can be overridden from the environment.
+export AIRFLOW_HOME ?= $(LOCAL)/airflow
+export AIRFLOW__CORE__DAGS_FOLDER ?= $(CURDIR)/dags
+export AIRFLOW__CORE__PLUGINS_FOLDER ?= $(CURDIR)/plugins
+export AIRFLOW__CORE__LOAD_EXAMPLES ?= False
+export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION ?= False
+export MLFLOW_TRACKING_URI ?= sqlite:///$(LOCAL)/mlflow/mlflow.db
+export MLFLOW_ARTIFACT_ROOT ?= $(LOCAL)/mlflow/artifacts
+export ARTIFACT_ROOT ?= file://$(LOCAL)/artifacts
+export DATA_ROOT ?= $(LOCAL)/data
+export AIRFLOW_CONN_PREDICTIONS_DB ?= sqlite:///$(LOCAL)/predictions.db
+export PYTHONUNBUFFERED := 1
+
+.PHONY: help install demo test lint format airflow bench lock clean
+
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check uv
+	$(VENV)/bin/uv pip install --quiet --python $(PY) -r requirements.txt -r requirements-dev.txt
+	$(VENV)/bin/uv pip install --quiet --python $(PY) --no-deps -e .
+	touch $@
+
+install: $(STAMP) ## Create .venv and install the pinned requirements
+
+demo: $(STAMP) ## Run the lifecycle end to end through Airflow on the embedded default
+	$(PY) scripts/demo.py
+
+test: $(STAMP) ## Run the whole test suite (what CI runs)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest
+
+lint: $(STAMP) ## ruff check and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP) ## Apply ruff's fixes and formatter
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+airflow: $(STAMP) ## Start airflow standalone with the demo pipeline and print the UI address
+	$(PY) scripts/airflow_local.py
+
+bench: $(STAMP) ## Run the benchmark scripts and print their numbers
+	$(PY) benchmarks/parse_time.py
+	$(PY) benchmarks/grid_search.py
+
+lock: ## Re-pin requirements*.txt from requirements*.in
+	uv pip compile -q requirements.in --python-version 3.11 -o requirements.txt
+	uv pip compile -q requirements-dev.in --python-version 3.11 -o requirements-dev.txt
+
+clean: ## Remove the local state (.local/), keeping the virtualenv
+	rm -rf $(LOCAL)

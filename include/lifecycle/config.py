@@ -1,0 +1,264 @@
+"""One typed model per pipeline YAML, validated once, with errors that name the file and the field."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"
+
+TaskType = Literal["binary", "multiclass", "regression"]
+
+# Metric name -> (tasks it applies to, True when higher is better).
+METRICS: dict[str, tuple[frozenset[str], bool]] = {
+    "roc_auc": (frozenset({"binary", "multiclass"}), True),
+    "pr_auc": (frozenset({"binary"}), True),
+    "log_loss": (frozenset({"binary", "multiclass"}), False),
+    "f1": (frozenset({"binary", "multiclass"}), True),
+    "precision": (frozenset({"binary"}), True),
+    "recall": (frozenset({"binary"}), True),
+    "accuracy": (frozenset({"binary", "multiclass"}), True),
+    "rmse": (frozenset({"regression"}), False),
+    "mae": (frozenset({"regression"}), False),
+    "r2": (frozenset({"regression"}), True),
+}
+
+_NAME = r"^[a-z][a-z0-9_]*$"
+
+# LightGBM's scikit-learn parameters that a grid may tune (kept here so parsing needs no lightgbm).
+LGBM_PARAMS = frozenset(
+    "boosting_type num_leaves max_depth learning_rate n_estimators subsample_for_bin min_split_gain "
+    "min_child_weight min_child_samples subsample subsample_freq colsample_bytree reg_alpha reg_lambda "
+    "class_weight max_bin min_data_per_group cat_smooth".split()
+)
+
+
+class ConfigError(ValueError):
+    """A pipeline file that cannot be used; the message names the file and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Join(_Strict):
+    keys: list[str] = Field(min_length=1)
+    how: Literal["left", "inner"] = "left"
+
+
+class Source(_Strict):
+    """A local path or s3:// URI (CSV or Parquet; single file, glob or date partitions) or a SQL query."""
+
+    name: Annotated[str, Field(pattern=_NAME)]
+    uri: str | None = None
+    format: Literal["parquet", "csv"] = "parquet"
+    layout: Literal["file", "glob", "date_partitioned"] = "file"
+    sql: str | None = None
+    conn_id: str | None = None
+    join: Join | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Source:
+        if (self.uri is None) == (self.sql is None):
+            raise ValueError("give exactly one of 'uri' or 'sql'")
+        if self.sql is not None and not self.conn_id:
+            raise ValueError("a 'sql' source needs 'conn_id' (an Airflow connection id)")
+        if self.layout == "date_partitioned" and self.uri and "{date}" not in self.uri:
+            raise ValueError("a date_partitioned uri needs a '{date}' placeholder, e.g. .../date={date}/")
+        return self
+
+
+class DerivedFeature(_Strict):
+    name: Annotated[str, Field(pattern=_NAME)]
+    expression: str  # evaluated with pandas.DataFrame.eval on the raw columns
+
+
+class Features(_Strict):
+    numeric: list[str] = Field(default_factory=list)
+    categorical: list[str] = Field(default_factory=list)
+    derived: list[DerivedFeature] = Field(default_factory=list)
+    infer: bool = False  # take every other column, typed from the data
+
+    @model_validator(mode="after")
+    def _something(self) -> Features:
+        if not (self.numeric or self.categorical or self.infer):
+            raise ValueError("list 'numeric' and/or 'categorical' features, or set 'infer: true'")
+        overlap = set(self.numeric) & set(self.categorical)
+        if overlap:
+            raise ValueError(f"columns listed as both numeric and categorical: {sorted(overlap)}")
+        return self
+
+
+class Training(_Strict):
+    window_days: int = Field(60, ge=7, le=3650)
+    validation_days: int = Field(7, ge=1)
+    holdout_days: int = Field(7, ge=1)
+    cv_folds: int = Field(3, ge=2, le=10)
+    search: Literal["halving", "grid"] = "halving"
+    grid: dict[str, list[Any]] = Field(min_length=1)
+    primary_metric: str = "roc_auc"
+    random_state: int = 42
+
+    @field_validator("grid")
+    @classmethod
+    def _grid_values(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in grid.items():
+            if key not in LGBM_PARAMS:
+                raise ValueError(f"unknown LightGBM parameter {key!r}; known: {sorted(LGBM_PARAMS)}")
+            if not values:
+                raise ValueError(f"grid entry {key!r} has no values")
+        return grid
+
+
+class Bootstrap(_Strict):
+    resamples: int = Field(200, ge=0, le=10000)
+    confidence: float = Field(0.9, gt=0.5, lt=1.0)
+
+
+class Gate(_Strict):
+    mode: Literal["enforce", "dry_run", "off"] = "enforce"
+    floors: dict[str, float] = Field(default_factory=dict)
+    min_improvement: float = Field(0.0, ge=0.0)
+    bootstrap: Bootstrap = Bootstrap()
+
+
+class Schedules(_Strict):
+    retrain: str | None = "0 2 * * *"
+    batch_predict: str | None = "0 6 * * *"
+
+    @field_validator("retrain", "batch_predict")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None and len(value.split()) != 5 and not value.startswith("@"):
+            raise ValueError(f"{value!r} is not a 5-field cron expression or @preset")
+        return value
+
+
+class Prediction(_Strict):
+    table: Annotated[str, Field(pattern=_NAME)] = "predictions"
+    conn_id: str = "predictions_db"
+    threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    chunk_size: int = Field(50_000, ge=100)
+
+
+class Validation(_Strict):
+    min_rows: int = Field(100, ge=1)
+    max_null_fraction: float = Field(0.3, ge=0.0, le=1.0)
+    # Extra Great Expectations expectations: {type: expect_..., kwargs: {...}}.
+    expectations: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class PipelineConfig(_Strict):
+    name: Annotated[str, Field(pattern=_NAME)]
+    description: str = ""
+    owner: str = "ml-platform"
+    tags: list[str] = Field(default_factory=list)
+    task: TaskType
+    target: str
+    id_column: str
+    timestamp_column: str
+    sources: list[Source] = Field(min_length=1)
+    features: Features
+    training: Training
+    gate: Gate = Gate()
+    validation: Validation = Validation()
+    schedules: Schedules = Schedules()
+    prediction: Prediction = Prediction()
+    model_name: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PipelineConfig:
+        metric = self.training.primary_metric
+        self._check_metric(metric, "training.primary_metric")
+        for floor in self.gate.floors:
+            self._check_metric(floor, f"gate.floors.{floor}")
+        for source in self.sources[1:]:
+            if source.join is None:
+                raise ValueError(f"source {source.name!r} needs 'join' (keys to join it on)")
+        if self.sources[0].join is not None:
+            raise ValueError("the first source is the base table; 'join' belongs on the later ones")
+        reserved = {self.target, self.id_column, self.timestamp_column}
+        clash = reserved & (set(self.features.numeric) | set(self.features.categorical))
+        if clash:
+            raise ValueError(f"features must not include the target, id or timestamp column: {sorted(clash)}")
+        return self
+
+    def _check_metric(self, metric: str, where: str) -> None:
+        if metric not in METRICS:
+            raise ValueError(f"{where}: unknown metric {metric!r}; known: {sorted(METRICS)}")
+        if self.task not in METRICS[metric][0]:
+            raise ValueError(f"{where}: metric {metric!r} does not apply to task {self.task!r}")
+
+    @property
+    def registered_model_name(self) -> str:
+        return self.model_name or self.name
+
+    @property
+    def higher_is_better(self) -> bool:
+        return METRICS[self.training.primary_metric][1]
+
+    @property
+    def feature_columns(self) -> list[str]:
+        return [*self.features.numeric, *self.features.categorical]
+
+
+def _env_defaults() -> dict[str, str]:
+    from lifecycle.settings import get_settings
+
+    return {"DATA_ROOT": str(get_settings().data_root)}
+
+
+_ENV_VAR = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(text: str) -> str:
+    """Expand ${VAR} and ${VAR:-default}, failing on an unset variable without a default."""
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        value = os.environ.get(name) or _env_defaults().get(name) or default
+        if value is None:
+            raise ConfigError(f"environment variable {name} is not set and has no default")
+        return value
+
+    return _ENV_VAR.sub(replace, text)
+
+
+def load_pipeline(path: str | Path) -> PipelineConfig:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(expand_env(path.read_text()))
+    except (yaml.YAMLError, ConfigError) as err:
+        raise ConfigError(f"{path}: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"field '{'.'.join(str(p) for p in e['loc']) or '<root>'}': {e['msg']}" for e in err.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from None
+
+
+def load_all(directory: str | Path | None = None) -> list[PipelineConfig]:
+    """Every pipeline in the directory; one error naming every bad file, never a silent skip."""
+    directory = Path(directory or os.environ.get("PIPELINES_DIR", PIPELINES_DIR))
+    configs, errors = [], []
+    for path in sorted(directory.glob("*.y*ml")):
+        try:
+            configs.append(load_pipeline(path))
+        except ConfigError as err:
+            errors.append(str(err))
+    names = [c.name for c in configs]
+    duplicated = {n for n in names if names.count(n) > 1}
+    if duplicated:
+        errors.append(f"{directory}: pipeline names used twice: {sorted(duplicated)}")
+    if errors:
+        raise ConfigError("invalid pipeline configuration:\n" + "\n".join(errors))
+    return configs

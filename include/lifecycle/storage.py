@@ -1,0 +1,152 @@
+"""The artifact store: one place that knows file:// from s3://.
+
+Layout: <ARTIFACT_ROOT>/<pipeline>/<run key>/{raw,validation,features,training,evaluation,prediction,drift}/...
+Every write is a whole object (a temp file renamed into place, or one S3 PUT), so no reader sees half of one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from lifecycle.settings import get_settings
+
+
+class ArtifactStoreError(RuntimeError):
+    """The artifact store could not be reached or refused a read or write."""
+
+
+def run_key(run_id: str) -> str:
+    """An Airflow run id made safe for paths and object keys."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", run_id).strip("_")
+
+
+def artifact_uri(pipeline: str, run_id: str, *parts: str) -> str:
+    return "/".join([get_settings().artifact_root, pipeline, run_key(run_id), *parts])
+
+
+def _split(uri: str) -> tuple[str, str, str]:
+    parsed = urlparse(uri)
+    if parsed.scheme == "s3":
+        return "s3", parsed.netloc, parsed.path.lstrip("/")
+    if parsed.scheme in ("file", ""):
+        return "file", "", parsed.path if parsed.scheme else uri
+    raise ArtifactStoreError(f"unsupported artifact URI scheme {parsed.scheme!r} in {uri!r} (file:// or s3://)")
+
+
+@lru_cache(maxsize=1)
+def s3_client() -> Any:
+    """A boto3 client with the endpoint and keys of the Airflow connection aws_default when it exists."""
+    import boto3
+    from botocore.config import Config
+
+    kwargs: dict[str, Any] = {}
+    conn = _aws_default_connection()
+    if conn:
+        kwargs = {k: v for k, v in conn.items() if v}
+    config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30)
+    return boto3.client("s3", config=config, **kwargs)
+
+
+def _aws_default_connection() -> dict[str, Any] | None:
+    """Endpoint and keys from AIRFLOW_CONN_AWS_DEFAULT (JSON or URI form) without needing Airflow."""
+    raw = os.environ.get("AIRFLOW_CONN_AWS_DEFAULT")
+    if not raw:
+        return None
+    if raw.lstrip().startswith("{"):
+        data = json.loads(raw)
+        extra = data.get("extra") or {}
+        if isinstance(extra, str):
+            extra = json.loads(extra)
+        login, password = data.get("login"), data.get("password")
+    else:
+        from urllib.parse import parse_qsl, unquote
+
+        parsed = urlparse(raw)
+        extra = dict(parse_qsl(parsed.query))
+        login = unquote(parsed.username) if parsed.username else None
+        password = unquote(parsed.password) if parsed.password else None
+    return {
+        "aws_access_key_id": login,
+        "aws_secret_access_key": password,
+        "endpoint_url": extra.get("endpoint_url"),
+        "region_name": extra.get("region_name"),
+    }
+
+
+def write_bytes(uri: str, data: bytes) -> str:
+    scheme, bucket, key = _split(uri)
+    if scheme == "s3":
+        try:
+            s3_client().put_object(Bucket=bucket, Key=key, Body=data)
+        except Exception as err:  # botocore raises many types; name the URI in one
+            raise ArtifactStoreError(f"could not write {uri}: {err}") from err
+        return uri
+    path = Path(key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+        tmp.write(data)
+    os.replace(tmp.name, path)
+    return uri
+
+
+def read_bytes(uri: str) -> bytes:
+    scheme, bucket, key = _split(uri)
+    try:
+        if scheme == "s3":
+            return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        return Path(key).read_bytes()
+    except Exception as err:
+        raise ArtifactStoreError(f"could not read {uri}: {err}") from err
+
+
+def exists(uri: str) -> bool:
+    scheme, bucket, key = _split(uri)
+    if scheme == "s3":
+        try:
+            s3_client().head_object(Bucket=bucket, Key=key)
+            return True
+        except Exception:
+            return False
+    return Path(key).exists()
+
+
+def write_json(uri: str, payload: Any) -> str:
+    return write_bytes(uri, json.dumps(payload, indent=2, sort_keys=True, default=str).encode())
+
+
+def read_json(uri: str) -> Any:
+    return json.loads(read_bytes(uri))
+
+
+def write_parquet(uri: str, frame: Any) -> dict[str, Any]:
+    """Write a frame as Parquet; return its URI, content hash, row count and schema."""
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    data = buffer.getvalue()
+    write_bytes(uri, data)
+    return {
+        "uri": uri,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "rows": int(len(frame)),
+        "schema": {str(c): str(t) for c, t in frame.dtypes.items()},
+    }
+
+
+def read_parquet(uri: str) -> Any:
+    import pandas as pd
+
+    return pd.read_parquet(io.BytesIO(read_bytes(uri)))
+
+
+def local_path(uri: str) -> Path | None:
+    scheme, _, key = _split(uri)
+    return Path(key) if scheme == "file" else None

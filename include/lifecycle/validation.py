@@ -1,0 +1,120 @@
+"""Data validation with a Great Expectations suite built from the pipeline config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from lifecycle.config import PipelineConfig
+
+
+class DataValidationError(ValueError):
+    """The data broke expectations; `report` holds each failed expectation with sample values."""
+
+    def __init__(self, message: str, report: dict[str, Any]):
+        super().__init__(message)
+        self.report = report
+
+
+def build_suite(config: PipelineConfig, columns: list[str], with_target: bool = True) -> Any:
+    """The suite for this pipeline: schema, keys, null rates, target values and the YAML's extras."""
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
+    suite = gx.ExpectationSuite(name=f"{config.name}{'' if with_target else '__scoring'}")
+    suite.add_expectation(gxe.ExpectTableRowCountToBeBetween(min_value=config.validation.min_rows))
+    required = [config.id_column, config.timestamp_column, *config.feature_columns]
+    if with_target:
+        required.append(config.target)
+    for column in required:
+        suite.add_expectation(gxe.ExpectColumnToExist(column=column))
+    for column in [config.id_column, config.timestamp_column] + ([config.target] if with_target else []):
+        suite.add_expectation(gxe.ExpectColumnValuesToNotBeNull(column=column))
+    suite.add_expectation(
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=[config.id_column, config.timestamp_column])
+    )
+    mostly = 1.0 - config.validation.max_null_fraction
+    for column in config.feature_columns:
+        suite.add_expectation(gxe.ExpectColumnValuesToNotBeNull(column=column, mostly=mostly))
+    numeric_types = ["int", "int32", "int64", "Int64", "float", "float32", "float64", "Float64"]
+    for column in config.features.numeric:
+        suite.add_expectation(gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=numeric_types))
+    if with_target and config.task == "binary":
+        suite.add_expectation(gxe.ExpectColumnDistinctValuesToEqualSet(column=config.target, value_set=[0, 1]))
+    if with_target and config.task == "regression":
+        suite.add_expectation(gxe.ExpectColumnValuesToBeInTypeList(column=config.target, type_list=numeric_types))
+    for extra in config.validation.expectations:
+        kwargs = extra.get("kwargs", {})
+        if not with_target and kwargs.get("column") == config.target:
+            continue
+        suite.add_expectation(_expectation_from_yaml(extra))
+    return suite
+
+
+def _expectation_from_yaml(extra: dict[str, Any]) -> Any:
+    import great_expectations.expectations as gxe
+
+    name = extra.get("type", "")
+    class_name = "".join(part.capitalize() for part in name.split("_"))
+    cls = getattr(gxe, class_name, None)
+    if cls is None:
+        raise ValueError(f"validation.expectations: unknown Great Expectations expectation {name!r}")
+    return cls(**extra.get("kwargs", {}))
+
+
+def validate(frame: pd.DataFrame, config: PipelineConfig, with_target: bool = True) -> dict[str, Any]:
+    """Run the suite; return a JSON-able report. Raise DataValidationError when anything failed."""
+    import great_expectations as gx
+
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    source = context.data_sources.add_pandas(name=f"{config.name}_source")
+    asset = source.add_dataframe_asset(name="snapshot")
+    batch = asset.add_batch_definition_whole_dataframe("whole").get_batch(batch_parameters={"dataframe": frame})
+    suite = build_suite(config, list(frame.columns), with_target)
+    result = batch.validate(suite, result_format={"result_format": "SUMMARY", "partial_unexpected_count": 5})
+    failures = [_describe(r) for r in result.results if not r.success]
+    report = {
+        "suite": suite.name,
+        "success": bool(result.success),
+        "evaluated": len(result.results),
+        "failed": len(failures),
+        "rows": int(len(frame)),
+        "failures": failures,
+    }
+    if failures:
+        lines = "; ".join(
+            f"{f['expectation']} on {f['column'] or 'table'}: {f['observed']}"
+            + (f" e.g. {f['sample_values']}" if f["sample_values"] else "")
+            for f in failures
+        )
+        raise DataValidationError(f"{len(failures)} of {len(result.results)} expectations failed: {lines}", report)
+    return report
+
+
+def _describe(result: Any) -> dict[str, Any]:
+    config = result.expectation_config
+    kwargs = {k: v for k, v in (config.kwargs or {}).items() if k not in ("batch_id",)}
+    details = result.result or {}
+    info = result.exception_info or {}
+    raised = info.get("raised_exception") or any(
+        isinstance(v, dict) and v.get("raised_exception") for v in info.values()
+    )
+    exception = "could not be evaluated (is the column missing?)" if raised else None
+    observed = details.get("observed_value")
+    if observed is None and "unexpected_count" in details:
+        observed = f"{details.get('unexpected_count')} unexpected ({details.get('unexpected_percent', 0):.2f}%)"
+    return {
+        "expectation": config.type,
+        "column": kwargs.get("column") or kwargs.get("column_list"),
+        "kwargs": kwargs,
+        "observed": exception or observed,
+        "sample_values": [_plain(v) for v in details.get("partial_unexpected_list", [])][:5],
+    }
+
+
+def _plain(value: Any) -> Any:
+    return value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
