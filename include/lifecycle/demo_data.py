@@ -35,7 +35,9 @@ def accounts(seed: int = 7) -> pd.DataFrame:
     )
 
 
-def activity(day: dt.date, rows: int = 1000, drift_from: dt.date | None = None, seed: int = 7) -> pd.DataFrame:
+def activity(
+    day: dt.date, rows: int = 1000, drift_from: dt.date | None = None, seed: int = 7
+) -> pd.DataFrame:
     """One day's activity rows with the churn label; deterministic for a given day and seed."""
     rng = np.random.default_rng([seed, day.toordinal()])
     drifted = drift_from is not None and day >= drift_from
@@ -56,19 +58,22 @@ def activity(day: dt.date, rows: int = 1000, drift_from: dt.date | None = None, 
     device = rng.choice(DEVICES, rows, p=device_p).astype(object)
     plan_change = rng.choice(["none", "upgrade", "downgrade"], rows, p=[0.85, 0.07, 0.08])
 
-    ticket_effect = -0.35 if drifted else 0.45
+    tenure = base["tenure_months"].to_numpy()
+    basic = (base["plan"] == "basic").to_numpy()
+    east = (base["region"] == "east").to_numpy()
+    ticket_effect = -0.8 if drifted else 1.3  # concept drift: tickets stop signalling churn
     logit = (
-        -2.3
-        + 1.6 * np.tanh(gap / 12.0)
-        - 0.9 * np.log1p(sessions) / np.log(13.0)
-        + ticket_effect * np.minimum(tickets, 3)
-        + 0.8 * failures
-        + 0.9 * (plan_change == "downgrade")
-        - 0.6 * (plan_change == "upgrade")
-        - 0.02 * np.minimum(base["tenure_months"].to_numpy(), 40)
-        + 0.5 * ((spend / plan_factor) > 45) * (sessions < 8)
-        + 0.3 * (device == "web")
-        + rng.normal(0.0, 0.6, rows)
+        -3.0
+        + 2.2 * (gap > 14)
+        + ticket_effect * (tickets >= 2) * basic
+        - 1.6 * (sessions > 14) * (tenure > 12)
+        + 0.9 * failures
+        + 1.1 * (plan_change == "downgrade")
+        - 0.8 * (plan_change == "upgrade")
+        + 0.012 * (minutes - 12.0) ** 2 / (1.0 + 0.05 * (minutes - 12.0) ** 2)
+        + 1.0 * east * (device == "web")
+        + 0.8 * ((spend / plan_factor) > 45) * (sessions < 9)
+        + rng.normal(0.0, 0.3, rows)
     )
     churned = (rng.random(rows) < 1.0 / (1.0 + np.exp(-logit))).astype("int64")
 

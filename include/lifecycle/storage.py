@@ -39,7 +39,9 @@ def _split(uri: str) -> tuple[str, str, str]:
         return "s3", parsed.netloc, parsed.path.lstrip("/")
     if parsed.scheme in ("file", ""):
         return "file", "", parsed.path if parsed.scheme else uri
-    raise ArtifactStoreError(f"unsupported artifact URI scheme {parsed.scheme!r} in {uri!r} (file:// or s3://)")
+    raise ArtifactStoreError(
+        f"unsupported artifact URI scheme {parsed.scheme!r} in {uri!r} (file:// or s3://)"
+    )
 
 
 @lru_cache(maxsize=1)

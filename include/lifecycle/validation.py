@@ -41,9 +41,13 @@ def build_suite(config: PipelineConfig, columns: list[str], with_target: bool = 
     for column in config.features.numeric:
         suite.add_expectation(gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=numeric_types))
     if with_target and config.task == "binary":
-        suite.add_expectation(gxe.ExpectColumnDistinctValuesToEqualSet(column=config.target, value_set=[0, 1]))
+        suite.add_expectation(
+            gxe.ExpectColumnDistinctValuesToEqualSet(column=config.target, value_set=[0, 1])
+        )
     if with_target and config.task == "regression":
-        suite.add_expectation(gxe.ExpectColumnValuesToBeInTypeList(column=config.target, type_list=numeric_types))
+        suite.add_expectation(
+            gxe.ExpectColumnValuesToBeInTypeList(column=config.target, type_list=numeric_types)
+        )
     for extra in config.validation.expectations:
         kwargs = extra.get("kwargs", {})
         if not with_target and kwargs.get("column") == config.target:
@@ -66,14 +70,15 @@ def _expectation_from_yaml(extra: dict[str, Any]) -> Any:
 def validate(frame: pd.DataFrame, config: PipelineConfig, with_target: bool = True) -> dict[str, Any]:
     """Run the suite; return a JSON-able report. Raise DataValidationError when anything failed."""
     import great_expectations as gx
-
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     source = context.data_sources.add_pandas(name=f"{config.name}_source")
     asset = source.add_dataframe_asset(name="snapshot")
-    batch = asset.add_batch_definition_whole_dataframe("whole").get_batch(batch_parameters={"dataframe": frame})
+    batch = asset.add_batch_definition_whole_dataframe("whole").get_batch(
+        batch_parameters={"dataframe": frame}
+    )
     suite = build_suite(config, list(frame.columns), with_target)
     result = batch.validate(suite, result_format={"result_format": "SUMMARY", "partial_unexpected_count": 5})
     failures = [_describe(r) for r in result.results if not r.success]
@@ -91,7 +96,9 @@ def validate(frame: pd.DataFrame, config: PipelineConfig, with_target: bool = Tr
             + (f" e.g. {f['sample_values']}" if f["sample_values"] else "")
             for f in failures
         )
-        raise DataValidationError(f"{len(failures)} of {len(result.results)} expectations failed: {lines}", report)
+        raise DataValidationError(
+            f"{len(failures)} of {len(result.results)} expectations failed: {lines}", report
+        )
     return report
 
 
@@ -106,7 +113,9 @@ def _describe(result: Any) -> dict[str, Any]:
     exception = "could not be evaluated (is the column missing?)" if raised else None
     observed = details.get("observed_value")
     if observed is None and "unexpected_count" in details:
-        observed = f"{details.get('unexpected_count')} unexpected ({details.get('unexpected_percent', 0):.2f}%)"
+        observed = (
+            f"{details.get('unexpected_count')} unexpected ({details.get('unexpected_percent', 0):.2f}%)"
+        )
     return {
         "expectation": config.type,
         "column": kwargs.get("column") or kwargs.get("column_list"),

@@ -1,0 +1,102 @@
+"""The evaluation gate: a pure decision from metrics, thresholds and the bootstrap interval."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from lifecycle.config import METRICS
+
+
+def _at_least(value: float, floor: float, higher_is_better: bool) -> bool:
+    if value is None or math.isnan(value):
+        return False
+    return value >= floor if higher_is_better else value <= floor
+
+
+def decide(
+    *,
+    primary: str,
+    mode: str,
+    floors: dict[str, float],
+    min_improvement: float,
+    challenger: dict[str, float],
+    baseline: dict[str, float],
+    champion: dict[str, float] | None,
+    comparison: dict[str, float] | None,
+) -> dict[str, Any]:
+    """Return the structured decision: every check, the verdict and the reason in words.
+
+    A challenger is promoted only if it clears every floor, beats the baseline, and (when a champion
+    exists) improves on it by at least `min_improvement` with the bootstrap interval's low end above zero,
+    so that noise on a small holdout cannot promote a model.
+    """
+    higher = METRICS[primary][1]
+    checks: list[dict[str, Any]] = []
+    for name, floor in sorted(floors.items()):
+        value = challenger.get(name, float("nan"))
+        ok = _at_least(value, floor, METRICS[name][1])
+        relation = ("at or above" if METRICS[name][1] else "at or below") if ok else "misses"
+        checks.append(
+            {
+                "check": f"floor:{name}",
+                "passed": ok,
+                "detail": f"{name} {value:.4f} {relation} the floor {floor}",
+            }
+        )
+
+    edge = (challenger[primary] - baseline[primary]) * (1 if higher else -1)
+    checks.append(
+        {
+            "check": "baseline",
+            "passed": edge > 0,
+            "detail": f"{primary} {challenger[primary]:.4f} {'beats' if edge > 0 else 'does not beat'} "
+            f"the baseline's {baseline[primary]:.4f}",
+        }
+    )
+    if champion is not None and comparison is not None:
+        improvement, low = comparison["improvement"], comparison["ci_low"]
+        enough = improvement >= min_improvement
+        significant = low > 0
+        checks.append(
+            {
+                "check": "champion",
+                "passed": enough and significant,
+                "detail": (
+                    f"{primary} {challenger[primary]:.4f} vs champion {champion[primary]:.4f}: "
+                    f"improvement {improvement:+.4f} (needs ≥ {min_improvement}), "
+                    f"CI [{low:+.4f}, {comparison['ci_high']:+.4f}] "
+                    + ("above zero" if significant else "includes zero: not a significant improvement")
+                ),
+            }
+        )
+
+    failed = [c for c in checks if not c["passed"]]
+    passed = not failed
+    if mode == "off":
+        verdict, reason = "promote", "gate is off: every challenger is promoted"
+    elif passed:
+        verdict = "promote"
+        reason = "no champion yet; floors and baseline passed" if champion is None else "beats the champion"
+    else:
+        verdict, reason = "reject", "; ".join(c["detail"] for c in failed)
+    action = {
+        ("promote", "enforce"): "promote",
+        ("promote", "off"): "promote",
+        ("promote", "dry_run"): "none (dry run: would promote)",
+        ("reject", "enforce"): "none (champion kept)",
+        ("reject", "dry_run"): "none (dry run: would reject)",
+    }[(verdict, mode)]
+    return {
+        "mode": mode,
+        "primary_metric": primary,
+        "verdict": verdict,
+        "action": action,
+        "reason": reason,
+        "checks": checks,
+        "thresholds": {"floors": floors, "min_improvement": min_improvement},
+        "margin": comparison,
+        "challenger": challenger,
+        "baseline": baseline,
+        "champion": champion,
+    }

@@ -1,0 +1,113 @@
+"""Holdout metrics and a paired bootstrap of the difference between two models on the same rows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn import metrics as skm
+
+# The scikit-learn scorer that optimises each metric during the search.
+SCORERS = {
+    ("roc_auc", "binary"): "roc_auc",
+    ("roc_auc", "multiclass"): "roc_auc_ovr",
+    ("pr_auc", "binary"): "average_precision",
+    ("log_loss", "binary"): "neg_log_loss",
+    ("log_loss", "multiclass"): "neg_log_loss",
+    ("f1", "binary"): "f1",
+    ("f1", "multiclass"): "f1_macro",
+    ("precision", "binary"): "precision",
+    ("recall", "binary"): "recall",
+    ("accuracy", "binary"): "accuracy",
+    ("accuracy", "multiclass"): "accuracy",
+    ("rmse", "regression"): "neg_root_mean_squared_error",
+    ("mae", "regression"): "neg_mean_absolute_error",
+    ("r2", "regression"): "r2",
+}
+
+
+def scores(model: Any, frame: Any, task: str) -> np.ndarray:
+    """What the metrics need from a model: P(positive) for binary, the class matrix, or the value."""
+    if task == "regression":
+        return np.asarray(model.predict(frame), dtype=float)
+    proba = np.asarray(model.predict_proba(frame), dtype=float)
+    return proba[:, 1] if task == "binary" else proba
+
+
+def _calculators(task: str, y: np.ndarray, score: np.ndarray, threshold: float, classes: Any) -> dict:
+    """Each metric as a thunk, so a bootstrap can ask for one without paying for all."""
+    if task == "regression":
+        return {
+            "rmse": lambda: np.sqrt(skm.mean_squared_error(y, score)),
+            "mae": lambda: skm.mean_absolute_error(y, score),
+            "r2": lambda: skm.r2_score(y, score),
+        }
+    if task == "binary":
+        label = (score >= threshold).astype(int)
+        one_class = len(np.unique(y)) < 2
+        return {
+            "roc_auc": lambda: float("nan") if one_class else skm.roc_auc_score(y, score),
+            "pr_auc": lambda: float("nan") if one_class else skm.average_precision_score(y, score),
+            "log_loss": lambda: skm.log_loss(y, np.clip(score, 1e-15, 1 - 1e-15), labels=[0, 1]),
+            "f1": lambda: skm.f1_score(y, label, zero_division=0),
+            "precision": lambda: skm.precision_score(y, label, zero_division=0),
+            "recall": lambda: skm.recall_score(y, label, zero_division=0),
+            "accuracy": lambda: skm.accuracy_score(y, label),
+            "threshold": lambda: threshold,
+        }
+    classes = np.asarray(classes if classes is not None else np.unique(y))
+    label = classes[np.argmax(score, axis=1)]
+    return {
+        "roc_auc": lambda: skm.roc_auc_score(y, score, multi_class="ovr", labels=classes),
+        "log_loss": lambda: skm.log_loss(y, score, labels=classes),
+        "f1": lambda: skm.f1_score(y, label, average="macro", zero_division=0),
+        "accuracy": lambda: skm.accuracy_score(y, label),
+    }
+
+
+def compute(task: str, y_true: Any, score: np.ndarray, threshold: float = 0.5, classes: Any = None) -> dict:
+    calculators = _calculators(task, np.asarray(y_true), score, threshold, classes)
+    return {name: float(calc()) for name, calc in calculators.items()}
+
+
+def metric(task: str, name: str, y_true: Any, score: np.ndarray, threshold: float = 0.5) -> float:
+    return float(_calculators(task, np.asarray(y_true), score, threshold, None)[name]())
+
+
+def bootstrap_difference(
+    task: str,
+    name: str,
+    higher_is_better: bool,
+    y_true: Any,
+    challenger: np.ndarray,
+    champion: np.ndarray,
+    resamples: int,
+    confidence: float,
+    threshold: float = 0.5,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Confidence interval of the improvement (challenger over champion, signed so that > 0 is better)."""
+    y = np.asarray(y_true)
+
+    def metric_value(labels: np.ndarray, score: np.ndarray) -> float:
+        return metric(task, name, labels, score, threshold)
+
+    sign = 1.0 if higher_is_better else -1.0
+    point = sign * (metric_value(y, challenger) - metric_value(y, champion))
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(resamples):
+        idx = rng.integers(0, len(y), len(y))
+        if task != "regression" and len(np.unique(y[idx])) < 2:
+            continue
+        diffs.append(sign * (metric_value(y[idx], challenger[idx]) - metric_value(y[idx], champion[idx])))
+    if not diffs:
+        return {"improvement": float(point), "ci_low": float(point), "ci_high": float(point), "resamples": 0}
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(diffs, [alpha, 1.0 - alpha])
+    return {
+        "improvement": float(point),
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "resamples": len(diffs),
+    }

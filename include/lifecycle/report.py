@@ -1,0 +1,113 @@
+"""The evaluation report: a metrics table, curves, a confusion matrix and feature importance."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Any
+
+import numpy as np
+
+
+def _importance(model: Any, top: int = 15) -> list[tuple[str, float]]:
+    try:
+        names = model.named_steps["features"].get_feature_names_out()
+        values = model.named_steps["model"].feature_importances_
+    except (AttributeError, KeyError):
+        return []
+    order = np.argsort(values)[::-1][:top]
+    return [(str(names[i]), float(values[i])) for i in order]
+
+
+def figure_png(
+    task: str, y: np.ndarray, curves: dict[str, np.ndarray], model: Any, threshold: float
+) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn import metrics as skm
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8.5))
+    (a, b), (c, d) = axes
+    if task == "binary":
+        for name, score in curves.items():
+            fpr, tpr, _ = skm.roc_curve(y, score)
+            a.plot(fpr, tpr, label=name)
+            precision, recall, _ = skm.precision_recall_curve(y, score)
+            b.plot(recall, precision, label=name)
+        a.plot([0, 1], [0, 1], ":", color="grey")
+        a.set(title="ROC", xlabel="false positive rate", ylabel="true positive rate")
+        b.set(title="Precision-recall", xlabel="recall", ylabel="precision")
+        a.legend(), b.legend()
+        matrix = skm.confusion_matrix(y, (curves["challenger"] >= threshold).astype(int), labels=[0, 1])
+        c.imshow(matrix, cmap="Blues")
+        for (i, j), value in np.ndenumerate(matrix):
+            c.text(j, i, str(value), ha="center", va="center")
+        c.set(
+            title=f"Confusion matrix at {threshold}",
+            xlabel="predicted",
+            ylabel="actual",
+            xticks=[0, 1],
+            yticks=[0, 1],
+        )
+    elif task == "regression":
+        for name, score in curves.items():
+            a.scatter(y, score, s=3, alpha=0.4, label=name)
+        a.set(title="Predicted vs actual", xlabel="actual", ylabel="predicted")
+        a.legend()
+        b.scatter(curves["challenger"], y - curves["challenger"], s=3, alpha=0.4)
+        b.axhline(0, color="grey")
+        b.set(title="Residuals (challenger)", xlabel="predicted", ylabel="residual")
+        c.hist(y - curves["challenger"], bins=50)
+        c.set(title="Residual distribution")
+    else:
+        labels = np.unique(y)
+        matrix = skm.confusion_matrix(y, labels[np.argmax(curves["challenger"], axis=1)], labels=labels)
+        c.imshow(matrix, cmap="Blues")
+        c.set(title="Confusion matrix", xlabel="predicted", ylabel="actual")
+        a.axis("off"), b.axis("off")
+    importance = _importance(model)
+    if importance:
+        names, values = zip(*reversed(importance), strict=True)
+        d.barh(names, values)
+        d.set(title="Feature importance (splits)")
+    else:
+        d.axis("off")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def html_report(pipeline: str, decision: dict[str, Any], png: bytes) -> str:
+    rows = []
+    names = sorted(decision["challenger"])
+    models = [("challenger", decision["challenger"]), ("baseline", decision["baseline"])]
+    if decision.get("champion"):
+        models.append(("champion", decision["champion"]))
+    header = "".join(f"<th>{html.escape(n)}</th>" for n, _ in models)
+    for metric in names:
+        cells = "".join(
+            f"<td>{m.get(metric, float('nan')):.4f}</td>"
+            if isinstance(m.get(metric), (int, float))
+            else "<td>-</td>"
+            for _, m in models
+        )
+        rows.append(f"<tr><th>{html.escape(metric)}</th>{cells}</tr>")
+    checks = "".join(
+        f"<li>{'✅' if c['passed'] else '❌'} {html.escape(c['check'])}: {html.escape(c['detail'])}</li>"
+        for c in decision["checks"]
+    )
+    image = base64.b64encode(png).decode()
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(pipeline)} evaluation</title>
+<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 10px;border-bottom:1px solid #ddd}}</style>
+</head><body><h1>{html.escape(pipeline)}: evaluation</h1>
+<p><b>Verdict:</b> {html.escape(decision["verdict"])} ({html.escape(decision["mode"])} mode) &mdash;
+{html.escape(decision["reason"])}<br><b>Action:</b> {html.escape(decision["action"])}</p>
+<table><tr><th>metric</th>{header}</tr>{"".join(rows)}</table>
+<h2>Checks</h2><ul>{checks}</ul>
+<img alt="evaluation plots" src="data:image/png;base64,{image}">
+</body></html>"""

@@ -1,0 +1,360 @@
+"""The retrain lifecycle, one function per Airflow task: plain arguments in, small dicts out.
+
+Data moves through the artifact store; what these functions return (URIs, ids, metrics) is what
+travels through XCom.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+from typing import Any
+
+from lifecycle import storage
+from lifecycle.config import PipelineConfig
+
+# Types our models are made of, beyond scikit-learn's own: skops refuses to load anything unlisted.
+SKOPS_TRUSTED_TYPES = [
+    "collections.OrderedDict",
+    "numpy.dtype",
+    "lightgbm.basic.Booster",
+    "lightgbm.sklearn.LGBMClassifier",
+    "lightgbm.sklearn.LGBMRegressor",
+    "lifecycle.features.prepare_raw",
+    "lifecycle.features._prepared_names",
+]
+
+
+def _dump(obj: Any) -> bytes:
+    import joblib
+
+    buffer = io.BytesIO()
+    joblib.dump(obj, buffer)
+    return buffer.getvalue()
+
+
+def _load(uri: str) -> Any:
+    import joblib
+
+    return joblib.load(io.BytesIO(storage.read_bytes(uri)))
+
+
+def ingest(
+    config: PipelineConfig,
+    run_id: str,
+    as_of: str,
+    window_days: int,
+    connection_urls: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    from lifecycle.ingestion import snapshot
+
+    out = storage.artifact_uri(config.name, run_id, "raw", "snapshot.parquet")
+    return snapshot(config, dt.date.fromisoformat(as_of), window_days, out, connection_urls)
+
+
+def validate_snapshot(config: PipelineConfig, run_id: str, snapshot_uri: str) -> dict[str, Any]:
+    """Validate the snapshot; the report is saved whether it passes or not, then failure raises."""
+    from lifecycle.validation import DataValidationError, validate
+
+    report_uri = storage.artifact_uri(config.name, run_id, "validation", "report.json")
+    frame = storage.read_parquet(snapshot_uri)
+    try:
+        report = validate(frame, config)
+    except DataValidationError as err:
+        storage.write_json(report_uri, {**err.report, "snapshot_uri": snapshot_uri})
+        raise DataValidationError(f"{err} (report: {report_uri})", err.report) from None
+    storage.write_json(report_uri, {**report, "snapshot_uri": snapshot_uri})
+    return {"report_uri": report_uri, "evaluated": report["evaluated"], "failed": 0}
+
+
+def prepare_features(config: PipelineConfig, run_id: str, snapshot_uri: str) -> dict[str, Any]:
+    """Time-split the snapshot and fit the feature pipeline on the training split only."""
+    from lifecycle.features import build_preprocessor, input_columns, split_bounds, time_split
+
+    frame = storage.read_parquet(snapshot_uri)
+    parts = time_split(frame, config)
+    uris = {
+        name: storage.write_parquet(
+            storage.artifact_uri(config.name, run_id, "features", f"{name}.parquet"), part
+        )["uri"]
+        for name, part in parts.items()
+    }
+    columns = input_columns(config, parts["train"])
+    preprocessor = build_preprocessor(config, parts["train"]).fit(parts["train"][columns])
+    preprocessor_uri = storage.write_bytes(
+        storage.artifact_uri(config.name, run_id, "features", "preprocessor.joblib"), _dump(preprocessor)
+    )
+    return {
+        "splits": uris,
+        "bounds": split_bounds(parts, config),
+        "preprocessor_uri": preprocessor_uri,
+        "input_columns": columns,
+        "output_features": int(len(preprocessor.get_feature_names_out())),
+    }
+
+
+def start_run(
+    config: PipelineConfig,
+    dag_id: str,
+    run_id: str,
+    trigger: dict[str, Any],
+    snapshot: dict[str, Any],
+) -> str:
+    """Open the MLflow run for this Airflow run, tagged with what triggered it and the data it used."""
+    from lifecycle.tracking import experiment_id, mlflow_client
+
+    client = mlflow_client()
+    tags = {
+        "airflow.dag_id": dag_id,
+        "airflow.run_id": run_id,
+        "pipeline": config.name,
+        "trigger.reason": str(trigger.get("reason", "")),
+        "trigger.params": json.dumps(trigger, sort_keys=True, default=str),
+        "snapshot.uri": snapshot["uri"],
+        "snapshot.sha256": snapshot["sha256"],
+        "snapshot.rows": str(snapshot["rows"]),
+        "snapshot.window": f"{snapshot['window_start']}..{snapshot['window_end']}",
+    }
+    run = client.create_run(experiment_id(config.name), run_name=run_id, tags=tags)
+    for key, value in trigger.items():
+        client.log_param(run.info.run_id, f"trigger.{key}", json.dumps(value, default=str)[:500])
+    return run.info.run_id
+
+
+def train_challenger(
+    config: PipelineConfig,
+    mlflow_run_id: str,
+    features: dict[str, Any],
+    grid: dict[str, list[Any]],
+    strategy: str,
+) -> dict[str, Any]:
+    """Search the grid, log every candidate as a nested run, log the refit best as one MLflow model."""
+    import mlflow
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.models import infer_signature
+
+    from lifecycle.metrics import scores
+    from lifecycle.tracking import mlflow_client
+    from lifecycle.training import candidates, fit_search
+
+    train = storage.read_parquet(features["splits"]["train"])
+    search, summary = fit_search(config, train, grid, strategy)
+    client = mlflow_client()
+    experiment = client.get_run(mlflow_run_id).info.experiment_id
+    now = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+    for i, candidate in enumerate(candidates(search)):
+        child = client.create_run(
+            experiment, run_name=f"candidate-{i:03d}", tags={"mlflow.parentRunId": mlflow_run_id}
+        )
+        client.log_batch(
+            child.info.run_id,
+            metrics=[
+                Metric("mean_cv_score", candidate["mean_cv_score"], now, 0),
+                Metric("std_cv_score", candidate["std_cv_score"], now, 0),
+                Metric("mean_fit_seconds", candidate["mean_fit_seconds"], now, 0),
+            ],
+            params=[Param(k, str(v)) for k, v in candidate["params"].items()]
+            + [
+                Param("halving_round", str(candidate["round"])),
+                Param("resources", str(candidate["resources"])),
+            ],
+            tags=[RunTag("rank", str(candidate["rank"]))],
+        )
+        client.set_terminated(child.info.run_id)
+
+    model = search.best_estimator_
+    columns = summary["input_columns"]
+    example = train[columns].head(5)
+    validation = storage.read_parquet(features["splits"]["validation"])
+    validation_metrics = _metrics(config, model, validation, columns)
+    predict_fn = "predict" if config.task == "regression" else "predict_proba"
+    signature = infer_signature(example, scores(model, example, config.task) if config.task != "multiclass"
+                                else model.predict_proba(example))  # fmt: skip
+    with mlflow.start_run(run_id=mlflow_run_id):
+        mlflow.log_params({f"best.{k}": v for k, v in summary["best_params"].items()})
+        mlflow.log_params({"search.strategy": strategy, "search.candidates": summary["candidates"]})
+        mlflow.log_metrics({"best_cv_score": summary["best_cv_score"], "search_seconds": summary["seconds"]})
+        mlflow.log_metrics({f"validation_{k}": v for k, v in validation_metrics.items()})
+        info = mlflow.sklearn.log_model(
+            model,
+            name="model",
+            signature=signature,
+            input_example=example,
+            pyfunc_predict_fn=predict_fn,
+            pip_requirements=_requirements(),
+            skops_trusted_types=SKOPS_TRUSTED_TYPES,
+            tags={"pipeline": config.name},
+        )
+    return {
+        "model_uri": info.model_uri,
+        "model_id": getattr(info, "model_id", None),
+        "best_params": summary["best_params"],
+        "best_cv_score": summary["best_cv_score"],
+        "search_seconds": summary["seconds"],
+        "fits": summary["fits"],
+        "input_columns": columns,
+    }
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{p}=={version(p)}" for p in ("scikit-learn", "lightgbm", "pandas", "numpy", "mlflow")]
+
+
+def _metrics(config: PipelineConfig, model: Any, frame: Any, columns: list[str]) -> dict[str, float]:
+    from lifecycle.metrics import compute, scores
+
+    classes = getattr(model, "classes_", None)
+    return compute(
+        config.task, frame[config.target], scores(model, frame[columns], config.task),
+        config.prediction.threshold, classes,
+    )  # fmt: skip
+
+
+def train_baseline(config: PipelineConfig, run_id: str, features: dict[str, Any]) -> dict[str, Any]:
+    from lifecycle.training import fit_baseline
+
+    train = storage.read_parquet(features["splits"]["train"])
+    model = fit_baseline(config, train)
+    uri = storage.write_bytes(
+        storage.artifact_uri(config.name, run_id, "training", "baseline.joblib"), _dump(model)
+    )
+    return {"baseline_uri": uri}
+
+
+def evaluate(
+    config: PipelineConfig,
+    run_id: str,
+    mlflow_run_id: str,
+    features: dict[str, Any],
+    challenger: dict[str, Any],
+    baseline: dict[str, Any],
+) -> dict[str, Any]:
+    """Score challenger, baseline and champion on the same holdout rows and decide."""
+    import mlflow
+
+    from lifecycle import tracking
+    from lifecycle.gate import decide
+    from lifecycle.metrics import bootstrap_difference, scores
+    from lifecycle.report import figure_png, html_report
+
+    tracking.mlflow_client()
+    holdout = storage.read_parquet(features["splits"]["holdout"])
+    columns = features["input_columns"]
+    y = holdout[config.target].to_numpy()
+    task, primary, threshold = config.task, config.training.primary_metric, config.prediction.threshold
+
+    challenger_model = mlflow.sklearn.load_model(challenger["model_uri"])
+    baseline_model = _load(baseline["baseline_uri"])
+    curves = {
+        "challenger": scores(challenger_model, holdout[columns], task),
+        "baseline": scores(baseline_model, holdout[columns], task),
+    }
+    champion_version = tracking.champion(config.registered_model_name)
+    champion_info = None
+    if champion_version is not None:
+        champion_model = mlflow.sklearn.load_model(tracking.champion_uri(config.registered_model_name))
+        curves["champion"] = scores(champion_model, holdout[columns], task)
+        champion_info = {"version": champion_version.version, "run_id": champion_version.run_id}
+
+    from lifecycle.metrics import compute
+
+    classes = getattr(challenger_model, "classes_", None)
+    measured = {name: compute(task, y, s, threshold, classes) for name, s in curves.items()}
+    comparison = None
+    if "champion" in curves:
+        comparison = bootstrap_difference(
+            task, primary, config.higher_is_better, y, curves["challenger"], curves["champion"],
+            config.gate.bootstrap.resamples, config.gate.bootstrap.confidence, threshold,
+        )  # fmt: skip
+    decision = decide(
+        primary=primary,
+        mode=config.gate.mode,
+        floors=config.gate.floors,
+        min_improvement=config.gate.min_improvement,
+        challenger=measured["challenger"],
+        baseline=measured["baseline"],
+        champion=measured.get("champion"),
+        comparison=comparison,
+    )
+    decision.update(
+        {
+            "pipeline": config.name,
+            "airflow_run_id": run_id,
+            "mlflow_run_id": mlflow_run_id,
+            "challenger_model_uri": challenger["model_uri"],
+            "champion_version": champion_info,
+            "holdout_rows": int(len(holdout)),
+            "holdout_window": features["bounds"]["holdout"],
+        }
+    )
+    png = figure_png(task, y, curves, challenger_model, threshold)
+    page = html_report(config.name, decision, png)
+    decision_uri = storage.write_json(
+        storage.artifact_uri(config.name, run_id, "evaluation", "decision.json"), decision
+    )
+    report_uri = storage.write_bytes(
+        storage.artifact_uri(config.name, run_id, "evaluation", "report.html"), page.encode()
+    )
+    storage.write_bytes(storage.artifact_uri(config.name, run_id, "evaluation", "report.png"), png)
+    with mlflow.start_run(run_id=mlflow_run_id):
+        for name, values in measured.items():
+            mlflow.log_metrics({f"holdout_{name}_{k}": v for k, v in values.items() if v == v})
+        mlflow.log_dict(decision, "evaluation/decision.json")
+        mlflow.log_text(page, "evaluation/report.html")
+        mlflow.log_image(_png_image(png), "evaluation/report.png")
+        mlflow.set_tags({"gate.verdict": decision["verdict"], "gate.reason": decision["reason"][:5000]})
+    return {
+        "decision_uri": decision_uri,
+        "report_uri": report_uri,
+        "verdict": decision["verdict"],
+        "action": decision["action"],
+        "reason": decision["reason"],
+        "challenger": measured["challenger"],
+        "champion_version": champion_info["version"] if champion_info else None,
+    }
+
+
+def _png_image(png: bytes) -> Any:
+    from PIL import Image
+
+    return Image.open(io.BytesIO(png))
+
+
+def promote(
+    config: PipelineConfig,
+    mlflow_run_id: str,
+    challenger: dict[str, Any],
+    evaluation: dict[str, Any],
+    snapshot: dict[str, Any],
+) -> dict[str, Any]:
+    """Register and alias the challenger when the gate said so; otherwise tag it with the reason."""
+    from lifecycle import tracking
+
+    client = tracking.mlflow_client()
+    tags = {
+        "gate.verdict": evaluation["verdict"],
+        "gate.reason": evaluation["reason"][:5000],
+        "gate.decision_uri": evaluation["decision_uri"],
+        "snapshot.uri": snapshot["uri"],
+        "snapshot.sha256": snapshot["sha256"],
+        "mlflow_run_id": mlflow_run_id,
+    }
+    version = None
+    if evaluation["action"] == "promote":
+        version = tracking.register_champion(challenger["model_uri"], config.registered_model_name, tags)
+    if challenger.get("model_id"):
+        client.set_logged_model_tags(challenger["model_id"], tags)
+    client.set_tag(mlflow_run_id, "gate.action", evaluation["action"])
+    if version:
+        client.set_tag(mlflow_run_id, "registered_version", version)
+    client.set_terminated(mlflow_run_id)
+    current = tracking.champion(config.registered_model_name)
+    return {
+        "promoted_version": version,
+        "champion_version": current.version if current else None,
+        "verdict": evaluation["verdict"],
+        "reason": evaluation["reason"],
+    }
