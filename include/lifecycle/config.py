@@ -240,10 +240,21 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
     try:
         return PipelineConfig.model_validate(raw)
     except ValidationError as err:
-        problems = "; ".join(
-            f"field '{'.'.join(str(p) for p in e['loc']) or '<root>'}': {e['msg']}" for e in err.errors()
-        )
-        raise ConfigError(f"{path}: {problems}") from None
+        raise ConfigError(f"{path}: {_fields(err)}") from None
+
+
+def _fields(err: ValidationError) -> str:
+    return "; ".join(f"field '{'.'.join(str(p) for p in e['loc']) or '<root>'}': {e['msg']}" for e in err.errors())
+
+
+def with_training_overrides(config: PipelineConfig, **overrides: Any) -> PipelineConfig:
+    """The config with a run's trigger Params applied to `training`, validated like the file was."""
+    data = config.model_dump()
+    data["training"].update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"trigger params for {config.name}: {_fields(err)}") from None
 
 
 def load_all(directory: str | Path | None = None) -> list[PipelineConfig]:

@@ -1,0 +1,157 @@
+"""
+### Retrain: ingestion → validation → features → grid-search training → evaluation gate
+
+One DAG per pipeline YAML in `include/pipelines/` (`<pipeline>__retrain`). Nightly on the YAML's cron,
+or triggered from the UI with the form below. Each phase is a task group; data moves through the
+artifact store and XCom carries only URIs, ids and metrics. A challenger becomes `champion` in the
+MLflow registry only when the gate says so.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import DAG, Param, TaskGroup, task
+
+from lifecycle.airflow_glue import as_of_date, connection_urls, default_args, fail_fast_on_bad_input
+from lifecycle.config import PipelineConfig, load_all
+
+
+def retrain_params(config: PipelineConfig) -> dict[str, Param]:
+    training = config.training
+    return {
+        "as_of_date": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            title="As-of date",
+            description="Train on the window that ends the day before this date. Empty: the run's logical date.",
+        ),
+        "window_days": Param(
+            training.window_days,
+            type="integer",
+            minimum=7,
+            maximum=3650,
+            title="Training window (days)",
+            description="How many days of data before the as-of date to train, validate and hold out on.",
+        ),
+        "search": Param(
+            training.search,
+            type="string",
+            enum=["halving", "grid"],
+            title="Search strategy",
+            description="Successive halving (fast) or an exhaustive grid search.",
+        ),
+        "grid": Param(
+            training.grid,
+            type="object",
+            title="Hyper-parameter grid",
+            description="LightGBM parameter -> list of values. Edit to widen, narrow or override the search.",
+        ),
+        "reason": Param(
+            "scheduled",
+            type="string",
+            minLength=1,
+            maxLength=500,
+            title="Reason",
+            description="Why this run: recorded with the MLflow run and the model version.",
+        ),
+    }
+
+
+def build(config: PipelineConfig) -> DAG:
+    name = config.name
+    with DAG(
+        dag_id=f"{name}__retrain",
+        description=f"Retrain {name}: {config.description}"[:200],
+        doc_md=__doc__,
+        schedule=config.schedules.retrain,
+        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+        catchup=False,
+        max_active_runs=1,
+        default_args=default_args(config),
+        params=retrain_params(config),
+        tags=["lifecycle", "retrain", name, *config.tags],
+    ) as dag:
+
+        @task
+        @fail_fast_on_bad_input
+        def snapshot(**context) -> dict:
+            from lifecycle import retrain
+
+            return retrain.ingest(
+                config, context["run_id"], as_of_date(context), context["params"]["window_days"],
+                connection_urls(config),
+            )  # fmt: skip
+
+        @task
+        @fail_fast_on_bad_input
+        def run_suite(snap: dict, **context) -> dict:
+            from lifecycle import retrain
+
+            return retrain.validate_snapshot(config, context["run_id"], snap["uri"])
+
+        @task
+        @fail_fast_on_bad_input
+        def split_and_fit(snap: dict, _checked: dict, **context) -> dict:
+            from lifecycle import retrain
+
+            return retrain.prepare_features(config, context["run_id"], snap["uri"])
+
+        @task
+        @fail_fast_on_bad_input
+        def start_mlflow_run(snap: dict, **context) -> str:
+            from lifecycle import retrain
+            from lifecycle.config import with_training_overrides
+
+            params = dict(context["params"])
+            with_training_overrides(config, grid=params["grid"], search=params["search"])  # fail early
+            params["as_of_date"] = as_of_date(context)
+            return retrain.start_run(config, context["dag"].dag_id, context["run_id"], params, snap)
+
+        @task
+        @fail_fast_on_bad_input
+        def grid_search(mlflow_run_id: str, features: dict, **context) -> dict:
+            from lifecycle import retrain
+            from lifecycle.config import with_training_overrides
+
+            params = context["params"]
+            tuned = with_training_overrides(config, grid=params["grid"], search=params["search"])
+            return retrain.train_challenger(tuned, mlflow_run_id, features, tuned.training.grid, tuned.training.search)
+
+        @task
+        def baseline(features: dict, **context) -> dict:
+            from lifecycle import retrain
+
+            return retrain.train_baseline(config, context["run_id"], features)
+
+        @task
+        def score_and_decide(mlflow_run_id: str, features: dict, challenger: dict, base: dict, **context) -> dict:
+            from lifecycle import retrain
+
+            return retrain.evaluate(config, context["run_id"], mlflow_run_id, features, challenger, base)
+
+        @task
+        def promote(mlflow_run_id: str, challenger: dict, evaluation: dict, snap: dict) -> dict:
+            from lifecycle import retrain
+
+            return retrain.promote(config, mlflow_run_id, challenger, evaluation, snap)
+
+        with TaskGroup("ingestion"):
+            snap = snapshot()
+        with TaskGroup("validation"):
+            checked = run_suite(snap)
+        with TaskGroup("features"):
+            features = split_and_fit(snap, checked)
+        with TaskGroup("training"):
+            mlflow_run_id = start_mlflow_run(snap)
+            features >> mlflow_run_id  # open no MLflow run for data that failed validation
+            challenger = grid_search(mlflow_run_id, features)
+            base = baseline(features)
+        with TaskGroup("evaluation"):
+            evaluation = score_and_decide(mlflow_run_id, features, challenger, base)
+            promote(mlflow_run_id, challenger, evaluation, snap)
+    return dag
+
+
+for _config in load_all():
+    globals()[f"{_config.name}__retrain"] = build(_config)

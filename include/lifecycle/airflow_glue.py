@@ -1,0 +1,68 @@
+"""What the DAG files share: default arguments, the run's as-of date, connections, and failing fast.
+
+Light on purpose: DAG files import this at parse time, so it imports no pandas, sklearn or mlflow.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import os
+from collections.abc import Callable
+from typing import Any
+
+from lifecycle.config import PipelineConfig
+
+PREDICTIONS_CONN_ID = "predictions_db"
+AWS_CONN_ID = "aws_default"
+
+
+def default_args(config: PipelineConfig) -> dict[str, Any]:
+    return {
+        "owner": config.owner,
+        "retries": int(os.environ.get("LIFECYCLE_TASK_RETRIES", "2")),
+        "retry_delay": dt.timedelta(seconds=int(os.environ.get("LIFECYCLE_RETRY_DELAY_SECONDS", "60"))),
+    }
+
+
+def as_of_date(context: dict[str, Any]) -> str:
+    """The day the run is about: the `as_of_date` Param, else the logical date, else when it was due."""
+    chosen = (context.get("params") or {}).get("as_of_date")
+    if chosen:
+        return dt.date.fromisoformat(str(chosen)[:10]).isoformat()
+    when = context.get("logical_date") or context["dag_run"].run_after
+    return when.date().isoformat()
+
+
+def sqlalchemy_url(conn_id: str) -> str:
+    """An Airflow connection as a SQLAlchemy URL (postgres:// becomes postgresql+psycopg://)."""
+    from airflow.sdk import Connection
+
+    uri = Connection.get(conn_id).get_uri()
+    for prefix in ("postgres://", "postgresql://"):
+        if uri.startswith(prefix):
+            return "postgresql+psycopg://" + uri[len(prefix) :]
+    return uri
+
+
+def connection_urls(config: PipelineConfig) -> dict[str, str]:
+    return {s.conn_id: sqlalchemy_url(s.conn_id) for s in config.sources if s.conn_id}
+
+
+def fail_fast_on_bad_input(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Bad data or configuration will not fix itself on retry: fail the task at once, with the message."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from lifecycle.config import ConfigError
+        from lifecycle.ingestion import SourceError
+        from lifecycle.validation import DataValidationError
+
+        try:
+            return function(*args, **kwargs)
+        except (ConfigError, SourceError, DataValidationError) as err:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(f"{type(err).__name__}: {err}") from err
+
+    return wrapper

@@ -1,0 +1,540 @@
+"""Static checks of the production-like stack: docker-compose.yml, the Dockerfiles, .env.example.
+
+Plain YAML and text parsing, so they run without Docker. One test also runs `docker compose config`
+when a Docker CLI with the compose plugin is installed, and is skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import json
+import os
+import re
+import shutil
+import subprocess
+from functools import cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+MLFLOW_DOCKERFILE = ROOT / "docker" / "mlflow" / "Dockerfile"
+ENV_EXAMPLE = ROOT / ".env.example"
+REQUIREMENTS = ROOT / "requirements.txt"
+PYPROJECT = ROOT / "pyproject.toml"
+DOCKERIGNORE = ROOT / ".dockerignore"
+
+AIRFLOW_SERVICES = {
+    "airflow-init",
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "airflow-worker",
+}
+EXPECTED_SERVICES = AIRFLOW_SERVICES | {"postgres", "redis", "minio", "minio-init", "mlflow"}
+# Services that run once and exit: exempt from health checks, waited for with
+# service_completed_successfully.
+ONE_SHOT = {"airflow-init", "minio-init"}
+# Variables holding a credential: required (${VAR:?...}) everywhere, empty in .env.example.
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|FERNET|ACCESS_KEY|ROOT_USER")
+EXPECTED_SECRETS = {
+    "AIRFLOW_ADMIN_PASSWORD",
+    "AIRFLOW_FERNET_KEY",
+    "AIRFLOW_API_SECRET_KEY",
+    "AIRFLOW_JWT_SECRET",
+    "REDIS_PASSWORD",
+    "POSTGRES_PASSWORD",
+    "AIRFLOW_DB_PASSWORD",
+    "MLFLOW_DB_PASSWORD",
+    "PREDICTIONS_DB_PASSWORD",
+    "MINIO_ROOT_USER",
+    "MINIO_ROOT_PASSWORD",
+    "S3_ACCESS_KEY_ID",
+    "S3_SECRET_ACCESS_KEY",
+}
+KNOWN_DEFAULT_CREDENTIALS = (
+    "airflow:airflow",
+    "postgres:postgres",
+    "minioadmin",
+    "minio123",
+    "changeme",
+    "change-me",
+)
+# Read by compose itself, not interpolated into docker-compose.yml.
+COMPOSE_OWN_VARIABLES = re.compile(r"^(COMPOSE_|DOCKER_)")
+
+# ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?message}, ${VAR?message}, ${VAR:+x}, and bare $VAR.
+_REFERENCE = re.compile(
+    r"\$(?:\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}"
+    r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
+)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+@cache
+def compose() -> dict[str, Any]:
+    with COMPOSE.open() as handle:
+        data = yaml.safe_load(handle)
+    assert isinstance(data, dict), "docker-compose.yml is not a mapping"
+    return data
+
+
+def services() -> dict[str, dict[str, Any]]:
+    return compose()["services"]
+
+
+def strings(node: Any) -> list[str]:
+    """Every string scalar (keys included) of a parsed YAML tree: what compose interpolates."""
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, dict):
+        return [s for key, value in node.items() for s in strings(key) + strings(value)]
+    if isinstance(node, list):
+        return [s for item in node for s in strings(item)]
+    return []
+
+
+def references(text: str) -> list[re.Match[str]]:
+    """Variable references compose would interpolate ("$$" is a literal dollar sign)."""
+    return list(_REFERENCE.finditer(text.replace("$$", "")))
+
+
+def compose_references() -> list[re.Match[str]]:
+    return [match for text in strings(compose()) for match in references(text)]
+
+
+def resolve(text: str) -> str:
+    """Interpolate like compose with an empty environment: defaults used, required values as <VAR>."""
+
+    def replace(match: re.Match[str]) -> str:
+        name = match["name"] or match["bare"]
+        if match["op"] in (":-", "-"):
+            return match["arg"]
+        return f"<{name}>"
+
+    return _REFERENCE.sub(replace, text.replace("$$", "\0")).replace("\0", "$")
+
+
+def read_env_example() -> dict[str, str]:
+    values: dict[str, str] = {}
+    for number, line in enumerate(ENV_EXAMPLE.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        assert "=" in line, f".env.example line {number} is not KEY=value: {line!r}"
+        key, value = line.split("=", 1)
+        assert key not in values, f".env.example sets {key} twice"
+        values[key.strip()] = value.strip()
+    return values
+
+
+def requirement_pin(package: str) -> str:
+    pattern = re.compile(rf"^{re.escape(package)}==(\S+)", re.IGNORECASE | re.MULTILINE)
+    match = pattern.search(REQUIREMENTS.read_text())
+    assert match, f"requirements.txt does not pin {package}"
+    return match.group(1)
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {str(key): "" if value is None else str(value) for key, value in env.items()}
+
+
+def dockerfile_from_images(path: Path) -> list[str]:
+    """The FROM images of a Dockerfile with the ARG defaults declared before them substituted."""
+    args: dict[str, str] = {}
+    images = []
+    for line in path.read_text().splitlines():
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        if words[0].upper() == "ARG" and not images and "=" in words[1]:
+            key, value = words[1].split("=", 1)
+            args[key] = value.strip("\"'")
+        elif words[0].upper() == "FROM":
+            image = re.sub(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", lambda m: args.get(m.group(1), m.group(0)), words[1])
+            images.append(image)
+    return images
+
+
+def dockerfile_arg(path: Path, name: str) -> str:
+    match = re.search(rf"^ARG\s+{name}=(\S+)", path.read_text(), re.MULTILINE)
+    assert match, f"{path.relative_to(ROOT)} declares no default for ARG {name}"
+    return match.group(1).strip("\"'")
+
+
+def image_tag(reference: str) -> tuple[str | None, str | None]:
+    """(tag, digest) of an image reference; a registry port is not a tag."""
+    name, _, digest = reference.partition("@")
+    last = name.rsplit("/", 1)[-1]
+    tag = last.split(":", 1)[1] if ":" in last else None
+    return tag, digest or None
+
+
+def healthcheck_command(service: dict[str, Any]) -> str:
+    test = (service.get("healthcheck") or {}).get("test")
+    return " ".join(test) if isinstance(test, list) else str(test or "")
+
+
+def dockerignore_excludes(path: str) -> bool:
+    """Whether .dockerignore keeps `path` out of the build context (the last matching pattern wins)."""
+    excluded = False
+    parts = path.split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    for raw in DOCKERIGNORE.read_text().splitlines():
+        pattern = raw.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        negated = pattern.startswith("!")
+        pattern = pattern.lstrip("!").strip("/")
+        if any(fnmatch.fnmatchcase(candidate, pattern) for candidate in candidates):
+            excluded = not negated
+    return excluded
+
+
+# ---------------------------------------------------------------- the compose file
+
+
+def test_compose_file_parses_and_has_the_stack() -> None:
+    data = compose()
+    assert isinstance(data.get("services"), dict) and data["services"], "no services"
+    missing = EXPECTED_SERVICES - set(data["services"])
+    assert not missing, f"services missing from docker-compose.yml: {sorted(missing)}"
+
+
+def test_every_service_has_an_image_or_a_build() -> None:
+    without = [name for name, svc in services().items() if not (svc.get("image") or svc.get("build"))]
+    assert not without, f"services with neither image nor build: {without}"
+
+
+def test_long_running_services_have_health_checks() -> None:
+    problems = []
+    for name, svc in services().items():
+        if name in ONE_SHOT:
+            if str(svc.get("restart", "no")) != "no":
+                problems.append(f"{name} is one-shot but restarts ({svc.get('restart')})")
+            continue
+        check = svc.get("healthcheck") or {}
+        test = check.get("test")
+        if check.get("disable") or not test:
+            problems.append(f"{name} has no health check")
+        elif isinstance(test, list) and test[0] not in ("CMD", "CMD-SHELL"):
+            problems.append(f"{name}: health check test must start with CMD or CMD-SHELL, not {test[0]!r}")
+        elif isinstance(test, list) and len(test) < 2:
+            problems.append(f"{name}: empty health check command")
+    assert not problems, "\n".join(problems)
+
+
+def test_health_checks_use_commands_the_images_have() -> None:
+    # The commands each image is known to ship (see docs/production.md); a typo or a command the
+    # image lacks (curl in minio, an unauthenticated redis-cli) would keep the stack unhealthy.
+    expected = {
+        "postgres": "pg_isready",
+        "redis": "redis-cli",
+        "minio": "mc ready local",
+        "mlflow": "python -c",
+        "airflow-apiserver": "curl",
+        "airflow-scheduler": "curl",
+        "airflow-dag-processor": "airflow jobs check --job-type DagProcessorJob",
+        "airflow-triggerer": "airflow jobs check --job-type TriggererJob",
+        "airflow-worker": "inspect ping",
+    }
+    problems = [
+        f"{name}: expected {command!r} in its health check, got {healthcheck_command(services()[name])!r}"
+        for name, command in expected.items()
+        if command not in healthcheck_command(services()[name])
+    ]
+    assert not problems, "\n".join(problems)
+    redis = services()["redis"]
+    authenticated = "REDISCLI_AUTH" in environment(redis) or " -a " in healthcheck_command(redis)
+    assert authenticated, "the redis health check does not authenticate: PING would fail with NOAUTH"
+
+
+def test_every_variable_is_listed_in_env_example() -> None:
+    listed = set(read_env_example())
+    used = {match["name"] or match["bare"] for match in compose_references()}
+    missing = sorted(used - listed)
+    assert not missing, f"docker-compose.yml uses variables that .env.example does not list: {missing}"
+
+
+def test_env_example_lists_no_unused_variable() -> None:
+    used = {match["name"] or match["bare"] for match in compose_references()}
+    unused = sorted(k for k in read_env_example() if k not in used and not COMPOSE_OWN_VARIABLES.match(k))
+    assert not unused, f".env.example lists variables docker-compose.yml never uses: {unused}"
+
+
+def test_variables_are_braced() -> None:
+    bare = sorted({match["bare"] for match in compose_references() if match["bare"]})
+    assert not bare, (
+        f"bare $VAR references in docker-compose.yml: {bare}; write ${{VAR}}, or $$VAR for a variable "
+        "the container's shell should expand"
+    )
+
+
+def test_defaults_agree_with_env_example() -> None:
+    listed = read_env_example()
+    defaults: dict[str, set[str]] = {}
+    for match in compose_references():
+        if match["op"] in (":-", "-"):
+            defaults.setdefault(match["name"], set()).add(match["arg"])
+    problems = []
+    for name, values in sorted(defaults.items()):
+        if len(values) > 1:
+            problems.append(f"{name} has different defaults: {sorted(values)}")
+        elif name in listed and listed[name] != next(iter(values)):
+            problems.append(f"{name}: compose default {next(iter(values))!r} but .env.example {listed[name]!r}")
+    assert not problems, "\n".join(problems)
+
+
+def test_secrets_are_required_and_left_empty_in_env_example() -> None:
+    listed = read_env_example()
+    secret_refs = [m for m in compose_references() if SECRET_NAME.search(m["name"] or m["bare"] or "")]
+    found = {m["name"] or m["bare"] for m in secret_refs}
+    missing = sorted(EXPECTED_SECRETS - found)
+    assert not missing, f"secrets no longer referenced (renamed?): {missing}"
+    optional = sorted({m.group(0) for m in secret_refs if m["op"] != ":?"})
+    assert not optional, f"secrets must be required with ${{VAR:?message}}, not defaulted or optional: {optional}"
+    filled = sorted(k for k, v in listed.items() if SECRET_NAME.search(k) and v)
+    assert not filled, f".env.example must leave secrets empty (compose then refuses to start): {filled}"
+
+
+def test_no_known_default_credentials() -> None:
+    for path in (COMPOSE, ENV_EXAMPLE):
+        text = path.read_text().lower()
+        found = [credential for credential in KNOWN_DEFAULT_CREDENTIALS if credential in text]
+        assert not found, f"{path.name} contains default credentials: {found}"
+    text = COMPOSE.read_text()
+    assert not re.search(r"FERNET_KEY\s*[:=]\s*(''|\"\"|$)", text, re.MULTILINE), "empty Fernet key"
+    for name in sorted(AIRFLOW_SERVICES):
+        fernet = environment(services()[name]).get("AIRFLOW__CORE__FERNET_KEY", "")
+        assert re.fullmatch(r"\$\{[A-Z0-9_]+:\?[^}]+\}", fernet), f"{name}: Fernet key {fernet!r} may be empty"
+    redis = services()["redis"]
+    command = " ".join(redis.get("command") or []) if isinstance(redis.get("command"), list) else redis.get("command")
+    assert "--requirepass ${" in str(command), "redis runs without --requirepass"
+    for name in sorted(AIRFLOW_SERVICES):
+        broker = environment(services()[name]).get("AIRFLOW__CELERY__BROKER_URL", "")
+        assert urlsplit(resolve(broker)).password, f"{name}: the Celery broker URL has no password"
+
+
+def test_ports_are_published_on_localhost_only() -> None:
+    problems = []
+    for name, svc in services().items():
+        for port in svc.get("ports") or []:
+            if isinstance(port, dict):
+                host_ip = str(port.get("host_ip", ""))
+                if host_ip != "127.0.0.1":
+                    problems.append(f"{name}: {port} binds to {host_ip or 'every interface'}")
+            elif not str(port).startswith("127.0.0.1:") or str(port).count(":") < 2:
+                problems.append(f"{name}: {port!r} must be published as 127.0.0.1:HOST:CONTAINER")
+    assert not problems, "\n".join(problems)
+    published = {resolve(str(p)).split(":")[2] for svc in services().values() for p in svc.get("ports") or []}
+    assert {"8080", "5000", "9000", "9001"} <= published, f"UI ports not all published: {sorted(published)}"
+
+
+def test_depends_on_uses_conditions() -> None:
+    problems = []
+    for name, svc in services().items():
+        depends_on = svc.get("depends_on")
+        if depends_on is None:
+            continue
+        if not isinstance(depends_on, dict):
+            problems.append(f"{name}: depends_on is a list; give each dependency a condition")
+            continue
+        for target, spec in depends_on.items():
+            condition = (spec or {}).get("condition")
+            if target not in services():
+                problems.append(f"{name} depends on an unknown service {target}")
+            elif condition == "service_healthy":
+                if not services()[target].get("healthcheck"):
+                    problems.append(f"{name} waits for {target} to be healthy, but it has no health check")
+            elif condition == "service_completed_successfully":
+                if target not in ONE_SHOT:
+                    problems.append(f"{name} waits for {target} to exit, but it is long-running")
+            else:
+                problems.append(f"{name} -> {target}: condition {condition!r} (healthy or completed)")
+    assert not problems, "\n".join(problems)
+    # The ordering the stack needs.
+    for name in AIRFLOW_SERVICES - {"airflow-init"}:
+        assert services()[name]["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
+    assert "airflow-apiserver" in services()["airflow-worker"]["depends_on"], "workers need the execution API"
+
+
+def test_images_are_pinned() -> None:
+    references_ = [(f"service {name}", resolve(svc["image"])) for name, svc in services().items() if "image" in svc]
+    for path in (DOCKERFILE, MLFLOW_DOCKERFILE):
+        references_ += [(str(path.relative_to(ROOT)), image) for image in dockerfile_from_images(path)]
+    problems = []
+    for where, reference in references_:
+        tag, digest = image_tag(reference)
+        if tag in (None, "", "latest") and not digest:
+            problems.append(f"{where}: {reference!r} is not pinned to a version tag")
+        elif tag == "latest" or (tag and re.fullmatch(r"\d+", tag)):
+            problems.append(f"{where}: {reference!r} uses a moving tag")
+    assert not problems, "\n".join(problems)
+
+
+def test_airflow_version_matches_requirements() -> None:
+    version = requirement_pin("apache-airflow")
+    for name in sorted(AIRFLOW_SERVICES):
+        svc = services()[name]
+        build = svc.get("build") or {}
+        assert build.get("context") == ".", f"{name} is not built from the project's Dockerfile"
+        assert str((build.get("args") or {}).get("AIRFLOW_VERSION")) == version, (
+            f"{name}: build arg AIRFLOW_VERSION {build.get('args')} != requirements.txt's {version}"
+        )
+        assert image_tag(svc["image"])[0] == version, f"{name}: image {svc['image']} is not tagged {version}"
+    assert dockerfile_arg(DOCKERFILE, "AIRFLOW_VERSION") == version
+    python = dockerfile_arg(DOCKERFILE, "PYTHON_VERSION")
+    assert dockerfile_from_images(DOCKERFILE)[0] == f"apache/airflow:{version}-python{python}"
+    assert python == "3.11" and ">=3.11" in PYPROJECT.read_text(), "the image's Python is not the project's"
+
+
+def test_mlflow_version_matches_requirements() -> None:
+    version = requirement_pin("mlflow")
+    svc = services()["mlflow"]
+    assert str(svc["build"]["args"]["MLFLOW_VERSION"]) == version
+    assert image_tag(svc["image"])[0] == version
+    assert dockerfile_arg(MLFLOW_DOCKERFILE, "MLFLOW_VERSION") == version
+    assert dockerfile_from_images(MLFLOW_DOCKERFILE)[0] == f"ghcr.io/mlflow/mlflow:v{version}"
+    text = MLFLOW_DOCKERFILE.read_text()
+    for package in ("psycopg2-binary", "boto3"):
+        assert f'"{package}=={requirement_pin(package)}"' in text, f"{package} pin differs from requirements.txt"
+
+
+def test_airflow_services_define_the_connections() -> None:
+    seen: dict[str, set[str]] = {"AIRFLOW_CONN_PREDICTIONS_DB": set(), "AIRFLOW_CONN_AWS_DEFAULT": set()}
+    for name in sorted(AIRFLOW_SERVICES):
+        env = environment(services()[name])
+        for key in seen:
+            assert env.get(key), f"{name} does not define {key}"
+            seen[key].add(env[key])
+        predictions = urlsplit(resolve(env["AIRFLOW_CONN_PREDICTIONS_DB"]))
+        assert predictions.scheme in ("postgresql", "postgresql+psycopg", "postgres"), predictions.scheme
+        assert predictions.password and predictions.path.strip("/"), "predictions_db needs a password and a db"
+        aws = json.loads(resolve(env["AIRFLOW_CONN_AWS_DEFAULT"]))
+        assert aws["conn_type"] == "aws"
+        assert aws["login"] and aws["password"], "aws_default needs the access keys"
+        assert aws["extra"]["endpoint_url"] and aws["extra"]["region_name"]
+    differing = [key for key, values in seen.items() if len(values) > 1]
+    assert not differing, f"Airflow services define these connections differently: {differing}"
+
+
+def test_airflow_services_share_the_settings_the_project_needs() -> None:
+    required = {
+        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": "http://airflow-apiserver:8080/execution/",
+        "MLFLOW_TRACKING_URI": "http://mlflow:5000",
+        "DATA_ROOT": "/opt/airflow/data",
+    }
+    shared = (
+        "AIRFLOW__CORE__FERNET_KEY",
+        "AIRFLOW__API_AUTH__JWT_SECRET",
+        "AIRFLOW__API__SECRET_KEY",
+        "AIRFLOW__CORE__AUTH_MANAGER",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+        "AIRFLOW__CELERY__BROKER_URL",
+        "AIRFLOW__CELERY__RESULT_BACKEND",
+        "ARTIFACT_ROOT",
+        "MLFLOW_S3_ENDPOINT_URL",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+    )
+    envs = {name: environment(services()[name]) for name in sorted(AIRFLOW_SERVICES)}
+    for name, env in envs.items():
+        for key, value in required.items():
+            assert env.get(key) == value, f"{name}: {key}={env.get(key)!r}, expected {value!r}"
+        assert resolve(env.get("ARTIFACT_ROOT", "")).startswith("s3://"), f"{name}: ARTIFACT_ROOT not on S3"
+        mounts = [str(volume) for volume in services()[name].get("volumes") or []]
+        assert "./data:/opt/airflow/data" in mounts, f"{name} does not mount ./data at DATA_ROOT"
+    for key in shared:
+        values = {env.get(key) for env in envs.values()}
+        assert len(values) == 1 and None not in values, f"{key} is missing or differs between Airflow services"
+    assert "airflow-apiserver" in services(), "the execution API URL names a service that does not exist"
+
+
+def test_workers_can_be_scaled() -> None:
+    worker = services()["airflow-worker"]
+    assert "container_name" not in worker, "a container_name stops --scale airflow-worker=N"
+    assert not worker.get("ports"), "a published port stops --scale airflow-worker=N"
+    assert worker.get("command") == "celery worker"
+
+
+# ---------------------------------------------------------------- Dockerfile, .dockerignore, init scripts
+
+
+def test_dockerfile_installs_the_requirements_and_the_project() -> None:
+    text = DOCKERFILE.read_text()
+    install = re.search(r"pip install[^\n]*apache-airflow(\[[a-z,]+\])?==\$\{AIRFLOW_VERSION\}[^\n]*", text)
+    assert install, "the Dockerfile must pip install apache-airflow==${AIRFLOW_VERSION} with the requirements"
+    assert "-r /tmp/requirements.txt" in install.group(0) and "COPY --chown=airflow:0 requirements.txt" in text
+    assert re.search(r"PYTHONPATH=/opt/airflow/include\b", text), "the lifecycle package is not importable"
+    assert "COPY --chown=airflow:0 . /opt/airflow/" in text
+
+
+def test_dockerignore_admits_the_project_and_keeps_secrets_out() -> None:
+    needed = (
+        "requirements.txt",
+        "pyproject.toml",
+        "dags/lifecycle_dag.py",
+        "plugins/plugin.py",
+        "include/lifecycle/__init__.py",
+        "include/pipelines/example.yaml",
+        "docker/airflow/airflow-init.sh",
+    )
+    kept_out = (".env", ".git/config", ".venv/bin/python", "data/raw.csv", ".local/x", "tests/unit/test_x.py")
+    assert not [path for path in needed if dockerignore_excludes(path)], "needed files are excluded"
+    assert all(dockerignore_excludes(path) for path in kept_out), "secrets or bulk reach the build context"
+
+
+def test_init_scripts_exist_and_get_their_variables() -> None:
+    scripts = {
+        "postgres": sorted((ROOT / "docker" / "postgres-init").glob("*.sh")),
+        "minio-init": [ROOT / "docker" / "minio-init" / "create-bucket.sh"],
+        "airflow-init": [ROOT / "docker" / "airflow" / "airflow-init.sh"],
+    }
+    assert scripts["postgres"], "docker/postgres-init has no script"
+    mounts = {
+        "postgres": "./docker/postgres-init:/docker-entrypoint-initdb.d:ro",
+        "minio-init": "./docker/minio-init:/init:ro",
+    }
+    for name, mount in mounts.items():
+        assert mount in services()[name].get("volumes", []), f"{name} does not mount {mount}"
+    assert services()["minio-init"]["entrypoint"] == ["/bin/sh", "/init/create-bucket.sh"]
+    assert services()["airflow-init"]["command"] == ["bash", "/opt/airflow/docker/airflow/airflow-init.sh"]
+    for name, paths in scripts.items():
+        env = environment(services()[name])
+        for path in paths:
+            assert path.is_file(), f"{path.relative_to(ROOT)} is missing"
+            required = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*):\?", path.read_text()))
+            missing = sorted(required - set(env))
+            assert not missing, f"{path.relative_to(ROOT)} needs {missing}, which {name} does not pass"
+
+
+def test_compose_config_is_valid_for_docker(tmp_path: Path) -> None:
+    docker = shutil.which("docker")
+    if not docker or subprocess.run([docker, "compose", "version"], capture_output=True).returncode:
+        pytest.skip("no Docker CLI with the compose plugin")
+    env_file = tmp_path / "test.env"
+    values = read_env_example()
+    for key, value in values.items():
+        if SECRET_NAME.search(key) and not value:
+            values[key] = f"{key.lower().replace('_', '-')}-{os.urandom(8).hex()}"
+    values["AIRFLOW_FERNET_KEY"] = base64.urlsafe_b64encode(os.urandom(32)).decode()
+    env_file.write_text("".join(f"{key}={value}\n" for key, value in values.items()))
+    result = subprocess.run(
+        [docker, "compose", "--project-directory", str(ROOT), "--env-file", str(env_file), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
