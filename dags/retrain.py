@@ -10,9 +10,16 @@ MLflow registry only when the gate says so.
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import DAG, Param, TaskGroup, task
+from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, TaskGroup, task
 
-from lifecycle.airflow_glue import as_of_date, connection_urls, default_args, fail_fast_on_bad_input
+from lifecycle.airflow_glue import (
+    connection_urls,
+    default_args,
+    fail_fast_on_bad_input,
+    retrain_request_asset,
+    run_date,
+    triggering_extra,
+)
 from lifecycle.config import PipelineConfig, load_all
 
 
@@ -58,13 +65,23 @@ def retrain_params(config: PipelineConfig) -> dict[str, Param]:
     }
 
 
+def schedule(config: PipelineConfig):
+    """The YAML's cron, or a retrain request from the drift policy, whichever comes first."""
+    request = retrain_request_asset(config)
+    if config.schedules.retrain is None:
+        return [request]
+    return AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable(config.schedules.retrain, timezone="UTC"), assets=request
+    )
+
+
 def build(config: PipelineConfig) -> DAG:
     name = config.name
     with DAG(
         dag_id=f"{name}__retrain",
         description=f"Retrain {name}: {config.description}"[:200],
         doc_md=__doc__,
-        schedule=config.schedules.retrain,
+        schedule=schedule(config),
         start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
         catchup=False,
         max_active_runs=1,
@@ -79,7 +96,7 @@ def build(config: PipelineConfig) -> DAG:
             from lifecycle import retrain
 
             return retrain.ingest(
-                config, context["run_id"], as_of_date(context), context["params"]["window_days"],
+                config, context["run_id"], run_date(context, "as_of_date"), context["params"]["window_days"],
                 connection_urls(config),
             )  # fmt: skip
 
@@ -105,7 +122,11 @@ def build(config: PipelineConfig) -> DAG:
 
             params = dict(context["params"])
             with_training_overrides(config, grid=params["grid"], search=params["search"])  # fail early
-            params["as_of_date"] = as_of_date(context)
+            params["as_of_date"] = run_date(context, "as_of_date")
+            trigger = triggering_extra(context)
+            if trigger:  # a retrain requested by the drift policy says so in its MLflow run
+                params["triggered_by"] = trigger
+                params["reason"] = trigger.get("reason", params["reason"])
             return retrain.start_run(config, context["dag"].dag_id, context["run_id"], params, snap)
 
         @task

@@ -13,8 +13,6 @@ from typing import Any
 
 from lifecycle.config import PipelineConfig
 
-PREDICTIONS_CONN_ID = "predictions_db"
-AWS_CONN_ID = "aws_default"
 
 
 def default_args(config: PipelineConfig) -> dict[str, Any]:
@@ -25,13 +23,19 @@ def default_args(config: PipelineConfig) -> dict[str, Any]:
     }
 
 
-def as_of_date(context: dict[str, Any]) -> str:
-    """The day the run is about: the `as_of_date` Param, else the logical date, else when it was due."""
-    chosen = (context.get("params") or {}).get("as_of_date")
+def run_date(context: dict[str, Any], param: str) -> str:
+    """The day a run is about: the date Param `param` when given, else the logical date, else when it was due."""
+    chosen = (context.get("params") or {}).get(param) or triggering_extra(context).get(param)
     if chosen:
         return dt.date.fromisoformat(str(chosen)[:10]).isoformat()
     when = context.get("logical_date") or context["dag_run"].run_after
     return when.date().isoformat()
+
+
+def triggering_extra(context: dict[str, Any]) -> dict[str, Any]:
+    """The extra of the newest asset event that triggered this run ({} for cron or manual runs)."""
+    events = [e for found in (context.get("triggering_asset_events") or {}).values() for e in found]
+    return dict(events[-1].extra or {}) if events else {}
 
 
 def sqlalchemy_url(conn_id: str) -> str:
@@ -54,15 +58,32 @@ def fail_fast_on_bad_input(function: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from lifecycle.batch_predict import NoChampionError
         from lifecycle.config import ConfigError
         from lifecycle.ingestion import SourceError
+        from lifecycle.scoring import ScoringBatchError
         from lifecycle.validation import DataValidationError
 
         try:
             return function(*args, **kwargs)
-        except (ConfigError, SourceError, DataValidationError) as err:
+        except (ConfigError, SourceError, DataValidationError, ScoringBatchError, NoChampionError) as err:
             from airflow.sdk.exceptions import AirflowFailException
 
             raise AirflowFailException(f"{type(err).__name__}: {err}") from err
 
     return wrapper
+
+
+def predictions_asset(config: PipelineConfig) -> Any:
+    """Updated by every batch written; the drift check is scheduled on it."""
+    from airflow.sdk import Asset
+
+    return Asset(name=f"{config.name}__predictions", uri=f"lifecycle://{config.name}/predictions")
+
+
+def retrain_request_asset(config: PipelineConfig) -> Any:
+    """Updated when the drift policy asks for a retrain; the retrain DAG is scheduled on it and on cron."""
+    from airflow.sdk import Asset
+
+    return Asset(name=f"{config.name}__retrain_request", uri=f"lifecycle://{config.name}/retrain-request")
+

@@ -153,6 +153,31 @@ class Validation(_Strict):
     expectations: list[dict[str, Any]] = Field(default_factory=list)
 
 
+class RetrainPolicy(_Strict):
+    """Drift in `min_drifted` of the last `window` batches requests a retrain, at most once per cool-down."""
+
+    enabled: bool = True
+    window: int = Field(3, ge=1, le=90)
+    min_drifted: int = Field(2, ge=1)
+    cooldown_days: int = Field(7, ge=0)
+
+    @model_validator(mode="after")
+    def _fits(self) -> RetrainPolicy:
+        if self.min_drifted > self.window:
+            raise ValueError(f"min_drifted ({self.min_drifted}) cannot exceed window ({self.window})")
+        return self
+
+
+class Drift(_Strict):
+    psi_threshold: float = Field(0.2, gt=0)
+    js_threshold: float = Field(0.1, gt=0, le=1)
+    prediction_psi_threshold: float = Field(0.2, gt=0)
+    dataset_share: float = Field(0.3, gt=0, le=1)  # share of drifted features that is dataset drift
+    max_performance_drop: float = Field(0.05, ge=0)
+    metrics_table: Annotated[str, Field(pattern=_NAME)] = "drift_metrics"
+    policy: RetrainPolicy = RetrainPolicy()
+
+
 class PipelineConfig(_Strict):
     name: Annotated[str, Field(pattern=_NAME)]
     description: str = ""
@@ -169,6 +194,7 @@ class PipelineConfig(_Strict):
     validation: Validation = Validation()
     schedules: Schedules = Schedules()
     prediction: Prediction = Prediction()
+    drift: Drift = Drift()
     model_name: str | None = None
 
     @model_validator(mode="after")

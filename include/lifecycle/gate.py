@@ -66,7 +66,13 @@ def decide(
                     f"{primary} {challenger[primary]:.4f} vs champion {champion[primary]:.4f}: "
                     f"improvement {improvement:+.4f} (needs ≥ {min_improvement}), "
                     f"CI [{low:+.4f}, {comparison['ci_high']:+.4f}] "
-                    + ("above zero" if significant else "includes zero: not a significant improvement")
+                    + (
+                        "above zero"
+                        if significant
+                        else "below zero: the challenger is worse"
+                        if comparison["ci_high"] < 0
+                        else "includes zero: not a significant improvement"
+                    )
                 ),
             }
         )

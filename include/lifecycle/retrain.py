@@ -70,7 +70,8 @@ def validate_snapshot(config: PipelineConfig, run_id: str, snapshot_uri: str) ->
 
 def prepare_features(config: PipelineConfig, run_id: str, snapshot_uri: str) -> dict[str, Any]:
     """Time-split the snapshot and fit the feature pipeline on the training split only."""
-    from lifecycle.features import build_preprocessor, input_columns, split_bounds, time_split
+    from lifecycle.drift import reference_profile
+    from lifecycle.features import build_preprocessor, feature_types, input_columns, split_bounds, time_split
 
     frame = storage.read_parquet(snapshot_uri)
     parts = time_split(frame, config)
@@ -82,6 +83,11 @@ def prepare_features(config: PipelineConfig, run_id: str, snapshot_uri: str) -> 
     }
     columns = input_columns(config, parts["train"])
     preprocessor = build_preprocessor(config, parts["train"]).fit(parts["train"][columns])
+    numeric, categorical = feature_types(config, parts["train"])
+    reference_uri = storage.write_json(
+        storage.artifact_uri(config.name, run_id, "features", "drift_reference.json"),
+        reference_profile(parts["train"], numeric, categorical),
+    )
     preprocessor_uri = storage.write_bytes(
         storage.artifact_uri(config.name, run_id, "features", "preprocessor.joblib"), _dump(preprocessor)
     )
@@ -89,6 +95,7 @@ def prepare_features(config: PipelineConfig, run_id: str, snapshot_uri: str) -> 
         "splits": uris,
         "bounds": split_bounds(parts, config),
         "preprocessor_uri": preprocessor_uri,
+        "drift_reference_uri": reference_uri,
         "input_columns": columns,
         "output_features": int(len(preprocessor.get_feature_names_out())),
     }
@@ -134,6 +141,9 @@ def train_challenger(
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.models import infer_signature
 
+    import pandas as pd
+
+    from lifecycle.drift import numeric_profile
     from lifecycle.metrics import scores
     from lifecycle.tracking import mlflow_client
     from lifecycle.training import candidates, fit_search
@@ -171,7 +181,10 @@ def train_challenger(
     predict_fn = "predict" if config.task == "regression" else "predict_proba"
     signature = infer_signature(example, scores(model, example, config.task) if config.task != "multiclass"
                                 else model.predict_proba(example))  # fmt: skip
+    reference = storage.read_json(features["drift_reference_uri"])
+    reference["prediction"] = numeric_profile(pd.Series(_score_column(config, model, validation[columns])))
     with mlflow.start_run(run_id=mlflow_run_id):
+        mlflow.log_dict(reference, "drift/reference.json")
         mlflow.log_params({f"best.{k}": v for k, v in summary["best_params"].items()})
         mlflow.log_params({"search.strategy": strategy, "search.candidates": summary["candidates"]})
         mlflow.log_metrics({"best_cv_score": summary["best_cv_score"], "search_seconds": summary["seconds"]})
@@ -195,6 +208,14 @@ def train_challenger(
         "fits": summary["fits"],
         "input_columns": columns,
     }
+
+
+def _score_column(config: PipelineConfig, model: Any, frame: Any) -> Any:
+    """One number per row, as the predictions table stores it: P(positive), top-class probability, value."""
+    from lifecycle.metrics import scores
+
+    score = scores(model, frame, config.task)
+    return score.max(axis=1) if score.ndim == 2 else score
 
 
 def _requirements() -> list[str]:

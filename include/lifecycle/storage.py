@@ -11,6 +11,7 @@ import io
 import json
 import os
 import re
+import shutil
 import tempfile
 from functools import lru_cache
 from pathlib import Path
@@ -147,6 +148,36 @@ def read_parquet(uri: str) -> Any:
     import pandas as pd
 
     return pd.read_parquet(io.BytesIO(read_bytes(uri)))
+
+
+def upload_file(path: str | Path, uri: str) -> str:
+    """Move a finished local file into the store as one object (S3 multipart streams it, no full read)."""
+    scheme, bucket, key = _split(uri)
+    if scheme == "s3":
+        try:
+            s3_client().upload_file(str(path), bucket, key)
+        except Exception as err:
+            raise ArtifactStoreError(f"could not write {uri}: {err}") from err
+        return uri
+    target = Path(key)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staged = target.parent / f".{target.name}.partial"
+    shutil.copyfile(path, staged)
+    os.replace(staged, target)
+    return uri
+
+
+def local_copy(uri: str, directory: str | Path) -> Path:
+    """A local file with the object's content: the file itself for file://, a streamed download for s3://."""
+    scheme, bucket, key = _split(uri)
+    if scheme == "file":
+        return Path(key)
+    target = Path(directory) / Path(key).name
+    try:
+        s3_client().download_file(bucket, key, str(target))
+    except Exception as err:
+        raise ArtifactStoreError(f"could not read {uri}: {err}") from err
+    return target
 
 
 def local_path(uri: str) -> Path | None:

@@ -23,7 +23,8 @@ def build_suite(config: PipelineConfig, columns: list[str], with_target: bool = 
     import great_expectations.expectations as gxe
 
     suite = gx.ExpectationSuite(name=f"{config.name}{'' if with_target else '__scoring'}")
-    suite.add_expectation(gxe.ExpectTableRowCountToBeBetween(min_value=config.validation.min_rows))
+    min_rows = config.validation.min_rows if with_target else 1  # a scoring batch may be small
+    suite.add_expectation(gxe.ExpectTableRowCountToBeBetween(min_value=min_rows))
     required = [config.id_column, config.timestamp_column, *config.feature_columns]
     if with_target:
         required.append(config.target)

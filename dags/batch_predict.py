@@ -1,0 +1,128 @@
+"""
+### Batch predict: ingestion → validation → prediction (mapped partitions) → write
+
+One DAG per pipeline (`<pipeline>__batch_predict`). Scores one day's partition with the model behind the
+`champion` alias, resolved once at the start, and replaces that day's rows in the `predictions_db`
+database in one transaction. Partitions of the batch are scored by mapped tasks, so Celery workers share
+a large batch. Updates the pipeline's predictions Asset, on which the drift check is scheduled.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import DAG, Param, TaskGroup, task
+
+from lifecycle.airflow_glue import (
+    connection_urls,
+    default_args,
+    fail_fast_on_bad_input,
+    predictions_asset,
+    run_date,
+    sqlalchemy_url,
+)
+from lifecycle.config import PipelineConfig, load_all
+
+
+def predict_params() -> dict[str, Param]:
+    return {
+        "batch_date": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            title="Batch date",
+            description="The day's partition to score. Empty: the run's logical date.",
+        ),
+        "input_uri": Param(
+            None,
+            type=["null", "string"],
+            title="Input URI",
+            description="Score this file (local path, file:// or s3://, Parquet or CSV) instead of the day's partition.",
+        ),
+        "partitions": Param(
+            2,
+            type="integer",
+            minimum=1,
+            maximum=64,
+            title="Partitions",
+            description="How many mapped tasks score the batch side by side.",
+        ),
+    }
+
+
+def build(config: PipelineConfig) -> DAG:
+    name = config.name
+    predictions = predictions_asset(config)
+    with DAG(
+        dag_id=f"{name}__batch_predict",
+        description=f"Score {name} batches with the champion and write them to {config.prediction.table}",
+        doc_md=__doc__,
+        schedule=config.schedules.batch_predict,
+        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+        catchup=False,
+        max_active_runs=1,
+        default_args=default_args(config),
+        params=predict_params(),
+        tags=["lifecycle", "batch_predict", name, *config.tags],
+    ) as dag:
+
+        @task
+        @fail_fast_on_bad_input
+        def resolve_champion() -> dict:
+            from lifecycle import batch_predict
+
+            return batch_predict.resolve_champion(config)
+
+        @task
+        @fail_fast_on_bad_input
+        def stage_batch(_champion: dict, **context) -> dict:
+            from lifecycle import batch_predict
+
+            params = context["params"]
+            return batch_predict.stage(
+                config, context["run_id"], run_date(context, "batch_date"), params["input_uri"],
+                connection_urls(config),
+            )  # fmt: skip
+
+        @task
+        @fail_fast_on_bad_input
+        def check_batch(batch: dict, champion: dict, **context) -> dict:
+            from lifecycle import batch_predict
+
+            return batch_predict.validate_batch(config, context["run_id"], batch, champion)
+
+        @task
+        def plan_partitions(batch: dict, _checked: dict, **context) -> list[list[int]]:
+            from lifecycle import batch_predict
+
+            return batch_predict.plan_partitions(batch, context["params"]["partitions"])
+
+        @task
+        def score_partition(row_groups: list[int], batch: dict, champion: dict, **context) -> dict:
+            from lifecycle import batch_predict
+
+            return batch_predict.score(config, context["run_id"], batch, champion, row_groups)
+
+        @task(outlets=[predictions])
+        def write_predictions(batch: dict, champion: dict, parts: list[dict], **context) -> dict:
+            from lifecycle import batch_predict
+
+            url = sqlalchemy_url(config.prediction.conn_id)
+            written = batch_predict.write(config, context["run_id"], url, batch, champion, list(parts))
+            context["outlet_events"][predictions].extra = {**written, "batch_uri": batch["uri"]}
+            return written
+
+        with TaskGroup("ingestion"):
+            champion = resolve_champion()
+            batch = stage_batch(champion)
+        with TaskGroup("validation"):
+            checked = check_batch(batch, champion)
+        with TaskGroup("prediction"):
+            plan = plan_partitions(batch, checked)
+            parts = score_partition.partial(batch=batch, champion=champion).expand(row_groups=plan)
+        with TaskGroup("write"):
+            write_predictions(batch, champion, parts)
+    return dag
+
+
+for _config in load_all():
+    globals()[f"{_config.name}__batch_predict"] = build(_config)

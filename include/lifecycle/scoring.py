@@ -1,0 +1,187 @@
+"""Batch scoring in chunks: memory follows the chunk size, not the batch size.
+
+The batch is staged once as Parquet with one row group per chunk; partitions are contiguous ranges of
+row groups, so mapped Airflow tasks on several workers can score one large batch side by side.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lifecycle import storage
+from lifecycle.config import PipelineConfig, Source
+from lifecycle.ingestion import SourceError, read_source
+
+
+class ScoringBatchError(ValueError):
+    """A scoring batch that cannot be scored; the message names the column or file at fault."""
+
+
+def _base_chunks(
+    source: Source, uri: str, chunk_size: int, work: Path, connection_urls: dict[str, str], day: dt.date
+) -> Iterator[pd.DataFrame]:
+    if source.sql is not None:
+        import sqlalchemy as sa
+
+        url = connection_urls.get(source.conn_id or "")
+        if not url:
+            raise SourceError(f"source {source.name!r}: connection {source.conn_id!r} is not defined")
+        engine = sa.create_engine(url)
+        try:
+            with engine.connect() as conn:
+                params = {"start": day, "end": day + dt.timedelta(days=1)}
+                yield from pd.read_sql_query(sa.text(source.sql), conn, params=params, chunksize=chunk_size)
+        finally:
+            engine.dispose()
+        return
+    if not storage.exists(uri):
+        raise SourceError(f"source {source.name!r}: no scoring input at {uri}")
+    path = storage.local_copy(uri, work)
+    if source.format == "csv" or uri.endswith(".csv"):
+        yield from pd.read_csv(path, chunksize=chunk_size)
+        return
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_size):
+        yield batch.to_pandas()
+
+
+def stage_batch(
+    config: PipelineConfig,
+    batch_date: dt.date,
+    out_uri: str,
+    input_uri: str | None = None,
+    connection_urls: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Read the day's base rows (or `input_uri`) chunk by chunk, join the other sources, stage as Parquet."""
+    connection_urls = connection_urls or {}
+    base, *others = config.sources
+    uri = input_uri or (base.uri or "").format(date=batch_date.isoformat())
+    lookups = [(s, read_source(s, batch_date, batch_date + dt.timedelta(days=1), connection_urls)) for s in others]
+    chunk_size = config.prediction.chunk_size
+    rows, writer = 0, None
+    with tempfile.TemporaryDirectory() as work:
+        staged = Path(work) / "batch.parquet"
+        try:
+            for chunk in _base_chunks(base, uri, chunk_size, Path(work), connection_urls, batch_date):
+                for source, lookup in lookups:
+                    assert source.join is not None
+                    chunk = chunk.merge(lookup, on=source.join.keys, how=source.join.how, suffixes=("", f"_{source.name}"))
+                table = pa.Table.from_pandas(chunk, preserve_index=False)
+                if writer is None:
+                    writer = pq.ParquetWriter(staged, table.schema)
+                elif table.schema != writer.schema:
+                    table = _conform(table, writer.schema, uri)
+                writer.write_table(table, row_group_size=chunk_size)
+                rows += table.num_rows
+        finally:
+            if writer is not None:
+                writer.close()
+        if rows == 0:
+            raise ScoringBatchError(f"scoring input {uri} has no rows for {batch_date}")
+        storage.upload_file(staged, out_uri)
+        groups = pq.ParquetFile(staged).num_row_groups
+    return {"uri": out_uri, "input_uri": uri, "rows": rows, "row_groups": groups, "batch_key": batch_date.isoformat()}
+
+
+def _conform(table: pa.Table, schema: pa.Schema, uri: str) -> pa.Table:
+    try:
+        return table.select(schema.names).cast(schema)
+    except (KeyError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+        raise ScoringBatchError(f"{uri}: a later chunk has a different schema than the first: {err}") from err
+
+
+def check_signature(frame: pd.DataFrame, input_schema: Any, where: str) -> None:
+    """Check the batch against the champion's signature before anything is scored or written."""
+    problems = []
+    for spec in input_schema.inputs:
+        name, kind = spec.name, str(spec.type).lower()
+        if name not in frame.columns:
+            if getattr(spec, "required", True):
+                problems.append(f"column {name!r} is missing")
+            continue
+        column = frame[name]
+        numeric_expected = any(t in kind for t in ("double", "float", "long", "integer"))
+        if numeric_expected and not pd.api.types.is_numeric_dtype(column):
+            converted = pd.to_numeric(column, errors="coerce")
+            bad = column[converted.isna() & column.notna()].head(3).tolist()
+            problems.append(f"column {name!r} must be numeric ({kind}), got {column.dtype} e.g. {bad}")
+    if problems:
+        raise ScoringBatchError(f"{where} does not match the champion's signature: " + "; ".join(problems))
+
+
+def partition_row_groups(row_groups: int, partitions: int) -> list[list[int]]:
+    """Contiguous ranges of row groups, one per partition, none empty."""
+    partitions = max(1, min(partitions, row_groups))
+    bounds = np.linspace(0, row_groups, partitions + 1).round().astype(int)
+    return [list(range(bounds[i], bounds[i + 1])) for i in range(partitions)]
+
+
+def score_partition(
+    config: PipelineConfig,
+    model: Any,
+    batch_uri: str,
+    row_groups: list[int],
+    out_uri: str,
+) -> dict[str, Any]:
+    """Score the given row groups chunk by chunk; write (entity_id, score, label) as Parquet."""
+    from lifecycle.features import input_columns
+
+    threshold = config.prediction.threshold
+    rows = 0
+    with tempfile.TemporaryDirectory() as work:
+        batch = pq.ParquetFile(storage.local_copy(batch_uri, work))
+        out = Path(work) / "scores.parquet"
+        schema = pa.schema([("entity_id", pa.string()), ("score", pa.float64()), ("label", pa.string())])
+        with pq.ParquetWriter(out, schema) as writer:
+            for group in row_groups:
+                chunk = batch.read_row_group(group).to_pandas()
+                columns = input_columns(config, chunk)
+                score, label = predict(config, model, chunk[columns], threshold)
+                table = pa.table(
+                    {"entity_id": chunk[config.id_column].astype(str).to_numpy(), "score": score, "label": label},
+                    schema=schema,
+                )
+                writer.write_table(table)
+                rows += len(chunk)
+        storage.upload_file(out, out_uri)
+    return {"uri": out_uri, "rows": rows}
+
+
+def predict(config: PipelineConfig, model: Any, frame: pd.DataFrame, threshold: float) -> tuple[Any, Any]:
+    if config.task == "regression":
+        return np.asarray(model.predict(frame), dtype=float), np.full(len(frame), None, dtype=object)
+    proba = np.asarray(model.predict_proba(frame), dtype=float)
+    classes = np.asarray(model.classes_)
+    if config.task == "binary":
+        score = proba[:, 1]
+        return score, np.where(score >= threshold, str(classes[1]), str(classes[0])).astype(object)
+    return proba.max(axis=1), classes[proba.argmax(axis=1)].astype(str).astype(object)
+
+
+def prediction_rows(
+    part_uris: list[str],
+    pipeline: str,
+    batch_key: dt.date,
+    model_name: str,
+    model_version: str,
+    run_id: str,
+    scored_at: dt.datetime,
+    chunk_size: int,
+    work: str,
+) -> Iterator[list[tuple[Any, ...]]]:
+    """The scored partitions as chunks of table rows, streamed."""
+    for uri in part_uris:
+        for batch in pq.ParquetFile(storage.local_copy(uri, work)).iter_batches(batch_size=chunk_size):
+            data = batch.to_pydict()
+            yield [
+                (pipeline, batch_key, entity, score, label, model_name, model_version, run_id, scored_at)
+                for entity, score, label in zip(data["entity_id"], data["score"], data["label"], strict=True)
+            ]

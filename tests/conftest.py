@@ -1,0 +1,74 @@
+"""Every test session gets its own embedded stack in a temporary folder, set before anything imports Airflow."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SESSION_DIR = Path(tempfile.mkdtemp(prefix="lifecycle-tests-"))
+
+TEST_ENV = {
+    "AIRFLOW_HOME": str(SESSION_DIR / "airflow"),
+    "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+    "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+    "MLFLOW_TRACKING_URI": f"sqlite:///{SESSION_DIR / 'mlflow.db'}",
+    "MLFLOW_ARTIFACT_ROOT": str(SESSION_DIR / "mlartifacts"),
+    "ARTIFACT_ROOT": f"file://{SESSION_DIR / 'artifacts'}",
+    "DATA_ROOT": str(SESSION_DIR / "data"),
+    "AIRFLOW_CONN_PREDICTIONS_DB": f"sqlite:///{SESSION_DIR / 'predictions.db'}",
+    "LIFECYCLE_RETRY_DELAY_SECONDS": "1",
+    "GX_ANALYTICS_ENABLED": "false",
+    "MLFLOW_ENABLE_TELEMETRY": "false",
+    "DO_NOT_TRACK": "true",
+}
+os.environ.update(TEST_ENV)
+
+# The demo data the Airflow tests train on: 60 days, drift injected from day 50.
+DATA_START = dt.date(2026, 1, 1)
+DATA_END = dt.date(2026, 3, 1)
+DRIFT_FROM = dt.date(2026, 2, 20)
+
+
+def pytest_sessionfinish(session, exitstatus):  # noqa: ARG001
+    if os.environ.get("KEEP_TEST_STATE") != "1":
+        shutil.rmtree(SESSION_DIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def demo_data() -> Path:
+    from lifecycle import demo_data
+
+    root = Path(os.environ["DATA_ROOT"]) / "demo_churn"
+    demo_data.write(root, DATA_START, DATA_END, rows_per_day=600, drift_from=DRIFT_FROM)
+    return root
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    """Airflow's SQLite metadata database, migrated once per session (in a subprocess, like a user would)."""
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True, env=os.environ)
+
+
+@pytest.fixture(scope="session")
+def dag_runner():
+    return run_dag
+
+
+def run_dag(dag_id: str, logical_date: str, conf: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    """`airflow dags test` in a fresh process: the real task runner, and no OpenMP state inherited from pytest."""
+    import json
+
+    command = [sys.executable, "-m", "airflow", "dags", "test", dag_id, logical_date]
+    if conf:
+        command += ["--conf", json.dumps(conf)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=os.environ)
