@@ -3,7 +3,7 @@
 # Airflow version pinned in requirements.txt, plus the project's requirements, DAGs, plugins and the
 # `lifecycle` package (include/lifecycle, importable through PYTHONPATH).
 #
-#   docker build --build-arg AIRFLOW_VERSION=3.3.2 -t ml-lifecycle/airflow:3.3.2 .
+#   docker build --build-arg AIRFLOW_VERSION=3.3.2 -t ml-lifecycle-airflow:3.3.2 .
 #
 # Keep AIRFLOW_VERSION equal to the apache-airflow pin in requirements.txt and to the build arg in
 # docker-compose.yml (tests/static/test_compose_stack.py checks it).

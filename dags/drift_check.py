@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import DAG, Param, TaskGroup, task
-
 from lifecycle.airflow_glue import (
     default_args,
     fail_fast_on_bad_input,
@@ -69,7 +68,9 @@ def build(config: PipelineConfig) -> DAG:
                 wanted = run_date(context, "batch_date")
                 events = [e for e in events if e.extra.get("batch_key") == wanted]
             if not events:
-                raise ValueError(f"no predictions event for batch {wanted or '(latest)'}: run {name}__batch_predict first")
+                raise ValueError(
+                    f"no predictions event for batch {wanted or '(latest)'}: run {name}__batch_predict first"
+                )
             return events[-1].extra
 
         @task.short_circuit

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, TaskGroup, task
-
 from lifecycle.airflow_glue import (
     connection_urls,
     default_args,
@@ -70,9 +69,7 @@ def schedule(config: PipelineConfig):
     request = retrain_request_asset(config)
     if config.schedules.retrain is None:
         return [request]
-    return AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable(config.schedules.retrain, timezone="UTC"), assets=request
-    )
+    return AssetOrTimeSchedule(timetable=CronTriggerTimetable(config.schedules.retrain, timezone="UTC"), assets=request)
 
 
 def build(config: PipelineConfig) -> DAG:

@@ -99,7 +99,9 @@ def summarise_training() -> None:
         for k, v in run.data.metrics.items()
         if k.startswith("holdout_challenger_")
     }
-    print(f"   models:/{config.registered_model_name}@champion = version {current.version} (MLflow run {current.run_id})")
+    print(
+        f"   models:/{config.registered_model_name}@champion = version {current.version} (MLflow run {current.run_id})"
+    )
     print(f"   holdout metrics: {holdout}")
     decision_uri = current.tags.get("gate.decision_uri", "")
     print(f"   decision record: {decision_uri}")
@@ -108,7 +110,9 @@ def summarise_training() -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--keep", action="store_true", help="keep .local/ from an earlier run instead of starting clean")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep .local/ from an earlier run instead of starting clean"
+    )
     args = parser.parse_args()
     for key, value in embedded_defaults().items():
         os.environ.setdefault(key, value)

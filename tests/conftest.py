@@ -64,7 +64,9 @@ def dag_runner():
     return run_dag
 
 
-def run_dag(dag_id: str, logical_date: str, conf: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+def run_dag(
+    dag_id: str, logical_date: str, conf: dict | None = None, timeout: int = 900
+) -> subprocess.CompletedProcess:
     """`airflow dags test` in a fresh process: the real task runner, and no OpenMP state inherited from pytest."""
     import json
 

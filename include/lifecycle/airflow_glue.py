@@ -14,7 +14,6 @@ from typing import Any
 from lifecycle.config import PipelineConfig
 
 
-
 def default_args(config: PipelineConfig) -> dict[str, Any]:
     return {
         "owner": config.owner,
@@ -86,4 +85,3 @@ def retrain_request_asset(config: PipelineConfig) -> Any:
     from airflow.sdk import Asset
 
     return Asset(name=f"{config.name}__retrain_request", uri=f"lifecycle://{config.name}/retrain-request")
-

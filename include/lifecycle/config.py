@@ -247,7 +247,11 @@ def expand_env(text: str) -> str:
 
     def replace(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
-        value = os.environ.get(name) or _env_defaults().get(name) or default
+        value = os.environ.get(name)
+        if value is None:
+            value = _env_defaults().get(name)
+        if value is None or (value == "" and default is not None):
+            value = default
         if value is None:
             raise ConfigError(f"environment variable {name} is not set and has no default")
         return value

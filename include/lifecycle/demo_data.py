@@ -35,9 +35,7 @@ def accounts(seed: int = 7) -> pd.DataFrame:
     )
 
 
-def activity(
-    day: dt.date, rows: int = 1000, drift_from: dt.date | None = None, seed: int = 7
-) -> pd.DataFrame:
+def activity(day: dt.date, rows: int = 1000, drift_from: dt.date | None = None, seed: int = 7) -> pd.DataFrame:
     """One day's activity rows with the churn label; deterministic for a given day and seed."""
     rng = np.random.default_rng([seed, day.toordinal()])
     drifted = drift_from is not None and day >= drift_from

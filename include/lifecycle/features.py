@@ -27,9 +27,7 @@ def prepare_raw(frame: pd.DataFrame, categorical: list[str], derived: dict[str, 
             values = frame[column].astype(object)
             frame[column] = values.where(values.notna(), None)
     for name, expression in derived.items():
-        frame[name] = pd.to_numeric(frame.eval(expression), errors="coerce").replace(
-            [np.inf, -np.inf], np.nan
-        )
+        frame[name] = pd.to_numeric(frame.eval(expression), errors="coerce").replace([np.inf, -np.inf], np.nan)
     return frame
 
 
@@ -67,10 +65,8 @@ def build_preprocessor(config: PipelineConfig, frame: pd.DataFrame) -> Pipeline:
             (
                 "categorical",
                 make_pipeline(
-                    SimpleImputer(strategy="constant", fill_value="missing"),
-                    OneHotEncoder(
-                        handle_unknown="infrequent_if_exist", min_frequency=20, sparse_output=False
-                    ),
+                    SimpleImputer(missing_values=None, strategy="constant", fill_value="missing"),
+                    OneHotEncoder(handle_unknown="infrequent_if_exist", min_frequency=20, sparse_output=False),
                 ),
                 categorical,
             ),

@@ -31,6 +31,8 @@ def decide(
     exists) improves on it by at least `min_improvement` with the bootstrap interval's low end above zero,
     so that noise on a small holdout cannot promote a model.
     """
+    if champion is not None and comparison is None:
+        raise ValueError("a champion was given without its paired comparison: the gate cannot decide")
     higher = METRICS[primary][1]
     checks: list[dict[str, Any]] = []
     for name, floor in sorted(floors.items()):

@@ -121,9 +121,7 @@ def _write_postgres(
     written = 0
     with engine.begin() as conn:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key(pipeline, batch_key)})
-        conn.exec_driver_sql(
-            f'CREATE TEMP TABLE "{staging}" (LIKE "{table.name}" INCLUDING DEFAULTS) ON COMMIT DROP'
-        )
+        conn.exec_driver_sql(f'CREATE TEMP TABLE "{staging}" (LIKE "{table.name}" INCLUDING DEFAULTS) ON COMMIT DROP')
         raw = conn.connection.driver_connection  # the psycopg connection, inside this transaction
         with raw.cursor() as cursor, cursor.copy(f'COPY "{staging}" ({columns}) FROM STDIN') as copy:
             for chunk in rows:

@@ -20,9 +20,7 @@ def _importance(model: Any, top: int = 15) -> list[tuple[str, float]]:
     return [(str(names[i]), float(values[i])) for i in order]
 
 
-def figure_png(
-    task: str, y: np.ndarray, curves: dict[str, np.ndarray], model: Any, threshold: float
-) -> bytes:
+def figure_png(task: str, y: np.ndarray, curves: dict[str, np.ndarray], model: Any, threshold: float) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,9 +89,7 @@ def html_report(pipeline: str, decision: dict[str, Any], png: bytes) -> str:
     header = "".join(f"<th>{html.escape(n)}</th>" for n, _ in models)
     for metric in names:
         cells = "".join(
-            f"<td>{m.get(metric, float('nan')):.4f}</td>"
-            if isinstance(m.get(metric), (int, float))
-            else "<td>-</td>"
+            f"<td>{m.get(metric, float('nan')):.4f}</td>" if isinstance(m.get(metric), (int, float)) else "<td>-</td>"
             for _, m in models
         )
         rows.append(f"<tr><th>{html.escape(metric)}</th>{cells}</tr>")

@@ -76,9 +76,9 @@ def prepare_features(config: PipelineConfig, run_id: str, snapshot_uri: str) -> 
     frame = storage.read_parquet(snapshot_uri)
     parts = time_split(frame, config)
     uris = {
-        name: storage.write_parquet(
-            storage.artifact_uri(config.name, run_id, "features", f"{name}.parquet"), part
-        )["uri"]
+        name: storage.write_parquet(storage.artifact_uri(config.name, run_id, "features", f"{name}.parquet"), part)[
+            "uri"
+        ]
         for name, part in parts.items()
     }
     columns = input_columns(config, parts["train"])
@@ -138,10 +138,9 @@ def train_challenger(
 ) -> dict[str, Any]:
     """Search the grid, log every candidate as a nested run, log the refit best as one MLflow model."""
     import mlflow
+    import pandas as pd
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.models import infer_signature
-
-    import pandas as pd
 
     from lifecycle.drift import numeric_profile
     from lifecycle.metrics import scores
@@ -154,9 +153,7 @@ def train_challenger(
     experiment = client.get_run(mlflow_run_id).info.experiment_id
     now = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
     for i, candidate in enumerate(candidates(search)):
-        child = client.create_run(
-            experiment, run_name=f"candidate-{i:03d}", tags={"mlflow.parentRunId": mlflow_run_id}
-        )
+        child = client.create_run(experiment, run_name=f"candidate-{i:03d}", tags={"mlflow.parentRunId": mlflow_run_id})
         client.log_batch(
             child.info.run_id,
             metrics=[
@@ -239,9 +236,7 @@ def train_baseline(config: PipelineConfig, run_id: str, features: dict[str, Any]
 
     train = storage.read_parquet(features["splits"]["train"])
     model = fit_baseline(config, train)
-    uri = storage.write_bytes(
-        storage.artifact_uri(config.name, run_id, "training", "baseline.joblib"), _dump(model)
-    )
+    uri = storage.write_bytes(storage.artifact_uri(config.name, run_id, "training", "baseline.joblib"), _dump(model))
     return {"baseline_uri": uri}
 
 

@@ -73,7 +73,9 @@ def stage_batch(
             for chunk in _base_chunks(base, uri, chunk_size, Path(work), connection_urls, batch_date):
                 for source, lookup in lookups:
                     assert source.join is not None
-                    chunk = chunk.merge(lookup, on=source.join.keys, how=source.join.how, suffixes=("", f"_{source.name}"))
+                    chunk = chunk.merge(
+                        lookup, on=source.join.keys, how=source.join.how, suffixes=("", f"_{source.name}")
+                    )
                 table = pa.Table.from_pandas(chunk, preserve_index=False)
                 if writer is None:
                     writer = pq.ParquetWriter(staged, table.schema)

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import tempfile
+import uuid
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,11 @@ class ArtifactStoreError(RuntimeError):
 
 
 def run_key(run_id: str) -> str:
-    """An Airflow run id made safe for paths and object keys."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", run_id).strip("_")
+    """An Airflow run id made safe for paths and object keys: never empty, never '.' or '..'."""
+    key = re.sub(r"[^A-Za-z0-9._-]+", "_", run_id).strip("_")
+    if not key.strip("."):
+        key = "run_" + hashlib.sha256(run_id.encode()).hexdigest()[:16]
+    return key
 
 
 def artifact_uri(pipeline: str, run_id: str, *parts: str) -> str:
@@ -40,9 +44,7 @@ def _split(uri: str) -> tuple[str, str, str]:
         return "s3", parsed.netloc, parsed.path.lstrip("/")
     if parsed.scheme in ("file", ""):
         return "file", "", parsed.path if parsed.scheme else uri
-    raise ArtifactStoreError(
-        f"unsupported artifact URI scheme {parsed.scheme!r} in {uri!r} (file:// or s3://)"
-    )
+    raise ArtifactStoreError(f"unsupported artifact URI scheme {parsed.scheme!r} in {uri!r} (file:// or s3://)")
 
 
 @lru_cache(maxsize=1)
@@ -94,10 +96,16 @@ def write_bytes(uri: str, data: bytes) -> str:
             raise ArtifactStoreError(f"could not write {uri}: {err}") from err
         return uri
     path = Path(key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        tmp.write(data)
-    os.replace(tmp.name, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+            staged = tmp.name
+            tmp.write(data)
+        os.replace(staged, path)
+    except OSError as err:
+        if "staged" in locals():
+            Path(staged).unlink(missing_ok=True)
+        raise ArtifactStoreError(f"could not write {uri}: {err}") from err
     return uri
 
 
@@ -161,9 +169,13 @@ def upload_file(path: str | Path, uri: str) -> str:
         return uri
     target = Path(key)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staged = target.parent / f".{target.name}.partial"
-    shutil.copyfile(path, staged)
-    os.replace(staged, target)
+    staged = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial"
+    try:
+        shutil.copyfile(path, staged)
+        os.replace(staged, target)
+    except OSError as err:
+        staged.unlink(missing_ok=True)
+        raise ArtifactStoreError(f"could not write {uri}: {err}") from err
     return uri
 
 

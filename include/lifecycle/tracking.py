@@ -28,10 +28,7 @@ def experiment_id(pipeline: str) -> str:
         return found.experiment_id
     settings = get_settings()
     location = None
-    if (
-        settings.mlflow_tracking_uri.startswith(("sqlite:", "file:"))
-        or "://" not in settings.mlflow_tracking_uri
-    ):
+    if settings.mlflow_tracking_uri.startswith(("sqlite:", "file:")) or "://" not in settings.mlflow_tracking_uri:
         root = settings.mlflow_artifact_root
         location = root if "://" in root else Path(root).resolve().as_uri()
         location = f"{location.rstrip('/')}/{pipeline}"

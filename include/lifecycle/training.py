@@ -49,9 +49,7 @@ def baseline_estimator(config: PipelineConfig, frame: pd.DataFrame) -> Pipeline:
     from sklearn.preprocessing import StandardScaler
 
     linear = Ridge() if config.task == "regression" else LogisticRegression(max_iter=2000)
-    return Pipeline(
-        [("features", build_preprocessor(config, frame)), ("scale", StandardScaler()), ("model", linear)]
-    )
+    return Pipeline([("features", build_preprocessor(config, frame)), ("scale", StandardScaler()), ("model", linear)])
 
 
 def make_search(
@@ -80,9 +78,7 @@ def make_search(
         from sklearn.experimental import enable_halving_search_cv  # noqa: F401
         from sklearn.model_selection import HalvingGridSearchCV
 
-        return HalvingGridSearchCV(
-            pipeline, param_grid, factor=3, random_state=config.training.random_state, **common
-        )
+        return HalvingGridSearchCV(pipeline, param_grid, factor=3, random_state=config.training.random_state, **common)
     from sklearn.model_selection import GridSearchCV
 
     return GridSearchCV(pipeline, param_grid, **common)

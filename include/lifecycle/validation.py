@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pandas as pd
@@ -32,9 +33,7 @@ def build_suite(config: PipelineConfig, columns: list[str], with_target: bool = 
         suite.add_expectation(gxe.ExpectColumnToExist(column=column))
     for column in [config.id_column, config.timestamp_column] + ([config.target] if with_target else []):
         suite.add_expectation(gxe.ExpectColumnValuesToNotBeNull(column=column))
-    suite.add_expectation(
-        gxe.ExpectCompoundColumnsToBeUnique(column_list=[config.id_column, config.timestamp_column])
-    )
+    suite.add_expectation(gxe.ExpectCompoundColumnsToBeUnique(column_list=[config.id_column, config.timestamp_column]))
     mostly = 1.0 - config.validation.max_null_fraction
     for column in config.feature_columns:
         suite.add_expectation(gxe.ExpectColumnValuesToNotBeNull(column=column, mostly=mostly))
@@ -42,13 +41,9 @@ def build_suite(config: PipelineConfig, columns: list[str], with_target: bool = 
     for column in config.features.numeric:
         suite.add_expectation(gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=numeric_types))
     if with_target and config.task == "binary":
-        suite.add_expectation(
-            gxe.ExpectColumnDistinctValuesToEqualSet(column=config.target, value_set=[0, 1])
-        )
+        suite.add_expectation(gxe.ExpectColumnDistinctValuesToEqualSet(column=config.target, value_set=[0, 1]))
     if with_target and config.task == "regression":
-        suite.add_expectation(
-            gxe.ExpectColumnValuesToBeInTypeList(column=config.target, type_list=numeric_types)
-        )
+        suite.add_expectation(gxe.ExpectColumnValuesToBeInTypeList(column=config.target, type_list=numeric_types))
     for extra in config.validation.expectations:
         kwargs = extra.get("kwargs", {})
         if not with_target and kwargs.get("column") == config.target:
@@ -77,9 +72,7 @@ def validate(frame: pd.DataFrame, config: PipelineConfig, with_target: bool = Tr
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     source = context.data_sources.add_pandas(name=f"{config.name}_source")
     asset = source.add_dataframe_asset(name="snapshot")
-    batch = asset.add_batch_definition_whole_dataframe("whole").get_batch(
-        batch_parameters={"dataframe": frame}
-    )
+    batch = asset.add_batch_definition_whole_dataframe("whole").get_batch(batch_parameters={"dataframe": frame})
     suite = build_suite(config, list(frame.columns), with_target)
     result = batch.validate(suite, result_format={"result_format": "SUMMARY", "partial_unexpected_count": 5})
     failures = [_describe(r) for r in result.results if not r.success]
@@ -97,9 +90,7 @@ def validate(frame: pd.DataFrame, config: PipelineConfig, with_target: bool = Tr
             + (f" e.g. {f['sample_values']}" if f["sample_values"] else "")
             for f in failures
         )
-        raise DataValidationError(
-            f"{len(failures)} of {len(result.results)} expectations failed: {lines}", report
-        )
+        raise DataValidationError(f"{len(failures)} of {len(result.results)} expectations failed: {lines}", report)
     return report
 
 
@@ -114,9 +105,7 @@ def _describe(result: Any) -> dict[str, Any]:
     exception = "could not be evaluated (is the column missing?)" if raised else None
     observed = details.get("observed_value")
     if observed is None and "unexpected_count" in details:
-        observed = (
-            f"{details.get('unexpected_count')} unexpected ({details.get('unexpected_percent', 0):.2f}%)"
-        )
+        observed = f"{details.get('unexpected_count')} unexpected ({details.get('unexpected_percent', 0):.2f}%)"
     return {
         "expectation": config.type,
         "column": kwargs.get("column") or kwargs.get("column_list"),
@@ -127,4 +116,6 @@ def _describe(result: Any) -> dict[str, Any]:
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN: a missing value is null
     return value if isinstance(value, (int, float, str, bool, type(None))) else str(value)

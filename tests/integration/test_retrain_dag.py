@@ -25,7 +25,9 @@ def _latest_parent_run():
     client = _mlflow()
     experiment = client.get_experiment_by_name("lifecycle/demo_churn")
     runs = client.search_runs(
-        [experiment.experiment_id], "tags.`airflow.dag_id` = 'demo_churn__retrain'", order_by=["attributes.start_time DESC"]
+        [experiment.experiment_id],
+        "tags.`airflow.dag_id` = 'demo_churn__retrain'",
+        order_by=["attributes.start_time DESC"],
     )
     return runs[0], len(runs)
 
@@ -84,7 +86,6 @@ def test_first_run_promotes_a_champion_with_lineage(first_run):
 
 def test_champion_scores_raw_rows_through_its_signature(first_run, demo_data):
     import mlflow
-
     from lifecycle.tracking import champion_uri
 
     rows = pd.read_parquet(demo_data / "activity" / "date=2026-02-15" / "part.parquet").head(50)

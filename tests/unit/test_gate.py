@@ -1,0 +1,156 @@
+"""The gate: a pure decision from metrics, floors, the baseline and the champion comparison."""
+
+from __future__ import annotations
+
+import pytest
+from lifecycle.gate import decide
+
+FLOORS = {"roc_auc": 0.65, "pr_auc": 0.25}
+GOOD = {"roc_auc": 0.80, "pr_auc": 0.40, "log_loss": 0.30}
+BASELINE = {"roc_auc": 0.70, "pr_auc": 0.30, "log_loss": 0.35}
+
+
+def gate(**changes):
+    arguments = {
+        "primary": "roc_auc",
+        "mode": "enforce",
+        "floors": FLOORS,
+        "min_improvement": 0.002,
+        "challenger": GOOD,
+        "baseline": BASELINE,
+        "champion": None,
+        "comparison": None,
+    }
+    arguments.update(changes)
+    return decide(**arguments)
+
+
+def check(decision, name):
+    (found,) = [c for c in decision["checks"] if c["check"] == name]
+    return found
+
+
+def test_first_model_that_clears_floors_and_baseline_is_promoted():
+    decision = gate()
+    assert decision["verdict"] == "promote"
+    assert decision["action"] == "promote"
+    assert decision["reason"] == "no champion yet; floors and baseline passed"
+    assert all(c["passed"] for c in decision["checks"])
+    assert {c["check"] for c in decision["checks"]} == {"floor:roc_auc", "floor:pr_auc", "baseline"}
+
+
+def test_floor_miss_rejects_naming_the_metric():
+    decision = gate(challenger={**GOOD, "pr_auc": 0.20})
+    assert decision["verdict"] == "reject"
+    assert decision["action"] == "none (champion kept)"
+    assert "pr_auc 0.2000 misses the floor 0.25" in decision["reason"]
+    assert "roc_auc" not in decision["reason"]  # only the failed check is in the reason
+    assert check(decision, "floor:roc_auc")["passed"] is True
+
+
+def test_missing_or_nan_floor_metric_fails_the_floor():
+    assert gate(challenger={"roc_auc": 0.8})["verdict"] == "reject"
+    assert gate(challenger={**GOOD, "pr_auc": float("nan")})["verdict"] == "reject"
+
+
+def test_lower_is_better_floor():
+    decision = gate(floors={"log_loss": 0.32})
+    assert check(decision, "floor:log_loss")["passed"] is True
+    decision = gate(floors={"log_loss": 0.25})
+    assert decision["verdict"] == "reject" and "log_loss" in decision["reason"]
+
+
+@pytest.mark.parametrize("baseline_auc", [0.80, 0.85])
+def test_not_beating_the_baseline_rejects(baseline_auc):
+    decision = gate(baseline={**BASELINE, "roc_auc": baseline_auc})
+    assert decision["verdict"] == "reject"
+    assert "does not beat the baseline" in decision["reason"]
+
+
+def test_champion_with_significant_improvement_is_replaced():
+    decision = gate(
+        champion={"roc_auc": 0.75, "pr_auc": 0.35},
+        comparison={"improvement": 0.05, "ci_low": 0.01, "ci_high": 0.09},
+    )
+    assert decision["verdict"] == "promote"
+    assert decision["reason"] == "beats the champion"
+    assert check(decision, "champion")["passed"] is True
+
+
+def test_improvement_interval_including_zero_rejects():
+    decision = gate(
+        champion={"roc_auc": 0.79, "pr_auc": 0.39},
+        comparison={"improvement": 0.01, "ci_low": -0.005, "ci_high": 0.03},
+    )
+    assert decision["verdict"] == "reject"
+    assert "not a significant improvement" in decision["reason"]
+    assert decision["margin"]["ci_low"] == -0.005
+
+
+def test_improvement_below_min_improvement_rejects():
+    decision = gate(
+        min_improvement=0.02,
+        champion={"roc_auc": 0.79, "pr_auc": 0.39},
+        comparison={"improvement": 0.01, "ci_low": 0.004, "ci_high": 0.02},
+    )
+    assert decision["verdict"] == "reject"
+    assert "needs ≥ 0.02" in decision["reason"]
+    assert "above zero" in decision["reason"]  # the interval was fine: the size was not
+
+
+def test_dry_run_records_the_verdict_but_takes_no_action():
+    promote = gate(mode="dry_run")
+    assert promote["verdict"] == "promote"
+    assert promote["action"] == "none (dry run: would promote)"
+    reject = gate(mode="dry_run", challenger={**GOOD, "roc_auc": 0.6})
+    assert reject["verdict"] == "reject"
+    assert reject["action"] == "none (dry run: would reject)"
+    assert "roc_auc 0.6000 misses the floor 0.65" in reject["reason"]
+
+
+def test_off_promotes_even_a_failing_model_but_keeps_the_checks():
+    decision = gate(mode="off", challenger={**GOOD, "roc_auc": 0.5})
+    assert decision["verdict"] == "promote" and decision["action"] == "promote"
+    assert "gate is off" in decision["reason"]
+    assert check(decision, "floor:roc_auc")["passed"] is False
+
+
+RMSE_BASELINE = {"rmse": 12.0, "mae": 9.0, "r2": 0.3}
+
+
+def test_lower_is_better_primary_metric():
+    better = gate(primary="rmse", floors={"rmse": 11.0}, challenger={"rmse": 10.0}, baseline=RMSE_BASELINE)
+    assert better["verdict"] == "promote"
+    worse = gate(primary="rmse", floors={}, challenger={"rmse": 13.0}, baseline=RMSE_BASELINE)
+    assert worse["verdict"] == "reject"
+    assert "does not beat the baseline" in worse["reason"]
+    floor_miss = gate(primary="rmse", floors={"rmse": 9.0}, challenger={"rmse": 10.0}, baseline=RMSE_BASELINE)
+    assert floor_miss["verdict"] == "reject" and "rmse 10.0000 misses the floor 9.0" in floor_miss["reason"]
+
+
+def test_lower_is_better_champion_comparison():
+    # bootstrap_difference signs the improvement so that > 0 is better whatever the direction
+    decision = gate(
+        primary="rmse",
+        floors={},
+        challenger={"rmse": 10.0},
+        baseline=RMSE_BASELINE,
+        champion={"rmse": 11.0},
+        comparison={"improvement": 1.0, "ci_low": 0.4, "ci_high": 1.6},
+    )
+    assert decision["verdict"] == "promote"
+
+
+def test_decision_records_inputs():
+    decision = gate()
+    assert decision["primary_metric"] == "roc_auc" and decision["mode"] == "enforce"
+    assert decision["thresholds"] == {"floors": FLOORS, "min_improvement": 0.002}
+    assert decision["challenger"] == GOOD and decision["baseline"] == BASELINE
+
+
+def test_champion_without_comparison_never_promotes():
+    try:
+        decision = gate(champion={"roc_auc": 0.95, "pr_auc": 0.6}, comparison=None)
+    except ValueError:
+        return
+    assert decision["verdict"] == "reject"
