@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import DAG, Param, TaskGroup, task
+
 from lifecycle.airflow_glue import (
     default_args,
     fail_fast_on_bad_input,
@@ -49,37 +50,39 @@ def build(config: PipelineConfig) -> DAG:
 
         @task(inlets=[predictions])
         @fail_fast_on_bad_input
-        def compute_drift(**context) -> dict:
+        def compute_drift(**context) -> list[dict]:
+            """Check every batch this run covers: the scheduler folds events that arrive together into one run."""
             from lifecycle import drift_check
 
-            batch = _triggering_batch(context)
-            return drift_check.run_check(
-                config, context["run_id"], batch["batch_key"], batch["batch_uri"],
-                sqlalchemy_url(config.prediction.conn_id),
-            )  # fmt: skip
+            url = sqlalchemy_url(config.prediction.conn_id)
+            return [
+                drift_check.run_check(config, context["run_id"], batch["batch_key"], batch["batch_uri"], url)
+                for batch in _batches(context)
+            ]
 
-        def _triggering_batch(context) -> dict:
-            """The batch to check: the Param's date, else the newest predictions event (its extra)."""
-            wanted = context["params"].get("batch_date")
-            events = [e for events in context["triggering_asset_events"].values() for e in events]
-            if not events or wanted:
-                events = list(context["inlet_events"][predictions])
-            if wanted:
+        def _batches(context) -> list[dict]:
+            """The Param's batch (from the predictions Asset's history), else the events that triggered the run."""
+            if context["params"].get("batch_date"):
                 wanted = run_date(context, "batch_date")
-                events = [e for e in events if e.extra.get("batch_key") == wanted]
+                found = [e.extra for e in context["inlet_events"][predictions] if e.extra.get("batch_key") == wanted]
+                if not found:
+                    raise ValueError(f"no predictions event for batch {wanted}: run {name}__batch_predict first")
+                return found[-1:]
+            events = [e.extra for found in context["triggering_asset_events"].values() for e in found]
             if not events:
-                raise ValueError(
-                    f"no predictions event for batch {wanted or '(latest)'}: run {name}__batch_predict first"
-                )
-            return events[-1].extra
+                raise ValueError("nothing to check: trigger with a batch_date, or let a predictions event trigger it")
+            return sorted({e["batch_key"]: e for e in events}.values(), key=lambda e: e["batch_key"])
 
         @task.short_circuit
-        def policy_fires(check: dict) -> bool:
-            print(f"dataset drift: {check['dataset_drift']} ({check['reason']}); retrain: {check['policy_reason']}")
-            return bool(check["retrain"])
+        def policy_fires(checks: list[dict]) -> bool:
+            for check in checks:
+                print(f"{check['batch_key']}: dataset drift {check['dataset_drift']} ({check['reason']}); "
+                      f"retrain: {check['retrain']} ({check['policy_reason']})")  # fmt: skip
+            return any(check["retrain"] for check in checks)
 
         @task(outlets=[retrain_request])
-        def request_retrain(check: dict, **context) -> dict:
+        def request_retrain(checks: list[dict], **context) -> dict:
+            check = [c for c in checks if c["retrain"]][-1]
             extra = {
                 "reason": f"drift on {check['batch_key']}: {check['reason']}",
                 "batch_key": check["batch_key"],

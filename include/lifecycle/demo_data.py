@@ -2,7 +2,7 @@
 
 Two sources, as in a real warehouse: static account attributes (CSV) and one Parquet partition of
 daily activity per day. The label is non-linear with noise and about 15% positives; values go missing
-at realistic rates. From `drift_from` on, spend and logins shift (covariate drift) and the effect of
+at realistic rates. From `drift_from` on, spend, sessions, logins, devices and downgrades shift (covariate drift) and the effect of
 support tickets on churn flips sign (concept drift).
 """
 
@@ -46,7 +46,7 @@ def activity(day: dt.date, rows: int = 1000, drift_from: dt.date | None = None, 
     login_gap_scale = 2.0 if drifted else 1.0
     device_p = [0.15, 0.15, 0.2, 0.5] if drifted else [0.3, 0.3, 0.25, 0.15]
 
-    sessions = rng.poisson(12, rows).astype("float64")
+    sessions = rng.poisson(8 if drifted else 12, rows).astype("float64")
     minutes = rng.lognormal(2.5, 0.6, rows)
     tickets = rng.poisson(0.6, rows)
     gap = rng.exponential(6.0 * login_gap_scale, rows).round()
@@ -54,7 +54,8 @@ def activity(day: dt.date, rows: int = 1000, drift_from: dt.date | None = None, 
     spend = rng.gamma(4.0, 8.0, rows) * plan_factor * spend_scale
     failures = rng.binomial(3, 0.05, rows)
     device = rng.choice(DEVICES, rows, p=device_p).astype(object)
-    plan_change = rng.choice(["none", "upgrade", "downgrade"], rows, p=[0.85, 0.07, 0.08])
+    change_p = [0.7, 0.05, 0.25] if drifted else [0.85, 0.07, 0.08]
+    plan_change = rng.choice(["none", "upgrade", "downgrade"], rows, p=change_p)
 
     tenure = base["tenure_months"].to_numpy()
     basic = (base["plan"] == "basic").to_numpy()

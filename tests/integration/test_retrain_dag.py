@@ -59,7 +59,7 @@ def test_first_run_promotes_a_champion_with_lineage(first_run):
     from lifecycle import storage
 
     version = _champion()
-    assert version is not None and version.version == "1"
+    assert version is not None and str(version.version) == "1"
     run, _ = _latest_parent_run()
     tags = run.data.tags
     assert tags["gate.verdict"] == "promote"
@@ -86,6 +86,7 @@ def test_first_run_promotes_a_champion_with_lineage(first_run):
 
 def test_champion_scores_raw_rows_through_its_signature(first_run, demo_data):
     import mlflow
+
     from lifecycle.tracking import champion_uri
 
     rows = pd.read_parquet(demo_data / "activity" / "date=2026-02-15" / "part.parquet").head(50)
@@ -120,7 +121,7 @@ def test_worse_challenger_is_rejected_and_champion_stays(first_run, demo_data, t
     assert params["window_days"] == 30 and params["grid"] == {"num_leaves": [7, 15], "n_estimators": [50]}
     assert run.data.tags["snapshot.window"] == "2026-01-12..2026-02-11"
     after = _champion()
-    assert after.version == before.version == "1"
+    assert str(after.version) == str(before.version) == "1"
 
 
 def test_invalid_data_fails_validation_and_nothing_downstream_runs(first_run, demo_data, tmp_path, dag_runner):
@@ -140,7 +141,7 @@ def test_invalid_data_fails_validation_and_nothing_downstream_runs(first_run, de
     assert "DataValidationError" in output and "expect_column_to_exist on device" in output
     _, runs_after = _latest_parent_run()
     assert runs_after == runs_before, "no MLflow run may start for data that failed validation"
-    assert _champion().version == "1"
+    assert str(_champion().version) == "1"
     reports = [
         json.loads(p.read_text())
         for p in Path(os.environ["ARTIFACT_ROOT"].removeprefix("file://")).glob("demo_churn/*/validation/report.json")

@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import yaml
+
 from lifecycle import demo_data
 from lifecycle.config import PipelineConfig, expand_env
 

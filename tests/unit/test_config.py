@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from lifecycle.config import ConfigError, PipelineConfig, expand_env, load_all, load_pipeline, with_training_overrides
 
 

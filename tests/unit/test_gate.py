@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from lifecycle.gate import decide
 
 FLOORS = {"roc_auc": 0.65, "pr_auc": 0.25}

@@ -7,6 +7,7 @@ import datetime as dt
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+
 from lifecycle import demo_data, ingestion, storage
 from lifecycle.config import PipelineConfig
 from lifecycle.ingestion import SourceError

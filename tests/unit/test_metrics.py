@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from lifecycle.config import METRICS
 from lifecycle.metrics import SCORERS, bootstrap_difference, compute, metric, scores
 

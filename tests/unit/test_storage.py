@@ -7,6 +7,7 @@ import io
 
 import pandas as pd
 import pytest
+
 from lifecycle import storage
 from lifecycle.storage import ArtifactStoreError
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from lifecycle import features, training
 from lifecycle.metrics import compute, scores
 

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+
 from lifecycle.validation import DataValidationError, build_suite, validate
 
 
