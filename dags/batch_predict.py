@@ -9,7 +9,6 @@ a large batch. Updates the pipeline's predictions Asset, on which the drift chec
 
 from __future__ import annotations
 
-import pendulum
 from airflow.sdk import DAG, Param, TaskGroup, task
 
 from lifecycle.airflow_glue import (
@@ -57,8 +56,7 @@ def build(config: PipelineConfig) -> DAG:
         description=f"Score {name} batches with the champion and write them to {config.prediction.table}",
         doc_md=__doc__,
         schedule=config.schedules.batch_predict,
-        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-        catchup=False,
+        catchup=False,  # no start_date: a new deployment waits for the next cron time instead of running the last
         max_active_runs=1,
         default_args=default_args(config),
         params=predict_params(),

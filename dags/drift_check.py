@@ -32,8 +32,7 @@ def build(config: PipelineConfig) -> DAG:
         description=f"Drift of {name} batches against the champion's reference; requests retraining",
         doc_md=__doc__,
         schedule=[predictions],
-        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-        catchup=False,
+        catchup=False,  # no start_date: a new deployment waits for the next cron time instead of running the last
         max_active_runs=1,
         default_args=default_args(config),
         params={

@@ -9,7 +9,6 @@ MLflow registry only when the gate says so.
 
 from __future__ import annotations
 
-import pendulum
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, TaskGroup, task
 
 from lifecycle.airflow_glue import (
@@ -80,8 +79,7 @@ def build(config: PipelineConfig) -> DAG:
         description=f"Retrain {name}: {config.description}"[:200],
         doc_md=__doc__,
         schedule=schedule(config),
-        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-        catchup=False,
+        catchup=False,  # no start_date: a new deployment waits for the next cron time instead of running the last
         max_active_runs=1,
         default_args=default_args(config),
         params=retrain_params(config),

@@ -23,7 +23,8 @@ PIPELINE = "demo_churn"
 DATA_START = dt.date(2026, 1, 1)
 DATA_END = dt.date(2026, 3, 31)
 DRIFT_FROM = dt.date(2026, 3, 10)
-RETRAIN_DAYS = [dt.date(2026, 2, 20), dt.date(2026, 2, 21), dt.date(2026, 2, 22)]
+RETRAIN_DAYS = [dt.date(2026, 3, 1), dt.date(2026, 3, 2)]
+SCORE_DAYS = [dt.date(2026, 3, 6) + dt.timedelta(days=i) for i in range(7)]  # four before the drift, three after
 
 
 def embedded_defaults() -> dict[str, str]:
@@ -37,6 +38,7 @@ def embedded_defaults() -> dict[str, str]:
         "ARTIFACT_ROOT": f"file://{LOCAL / 'artifacts'}",
         "DATA_ROOT": str(LOCAL / "data"),
         "AIRFLOW_CONN_PREDICTIONS_DB": f"sqlite:///{LOCAL / 'predictions.db'}",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
         "GX_ANALYTICS_ENABLED": "false",
         "MLFLOW_ENABLE_TELEMETRY": "false",
     }
@@ -108,6 +110,112 @@ def summarise_training() -> None:
     print(f"   evaluation report: {decision_uri.replace('decision.json', 'report.html')}")
 
 
+def score_and_watch() -> bool:
+    """Trigger the daily batches; the scheduler runs the drift checks the predictions Asset schedules,
+    and the retrain that the drift policy requests."""
+    from lifecycle import local_airflow as la
+
+    log_dir = LOCAL / "logs" / "airflow"
+    prefix = PIPELINE
+    with la.running_airflow(dict(os.environ), log_dir=log_dir) as airflow:
+        print(f"   Airflow is up at {airflow.base_url} after {airflow.startup_seconds:.0f}s (logs: {log_dir})")
+        for kind in ("batch_predict", "drift_check", "retrain"):
+            la.wait_for_dag(airflow, f"{prefix}__{kind}")
+            la.unpause(airflow, f"{prefix}__{kind}")
+        earlier_retrains = {r["dag_run_id"] for r in la.list_runs(airflow, f"{prefix}__retrain")}
+        started = time.perf_counter()
+        runs = [
+            la.trigger(airflow, f"{prefix}__batch_predict", {}, f"{day.isoformat()}T06:00:00Z")["dag_run_id"]
+            for day in SCORE_DAYS
+        ]
+        for day, run_id in zip(SCORE_DAYS, runs, strict=True):
+            run = la.wait_for_run(airflow, f"{prefix}__batch_predict", run_id, timeout=900)
+            print(f"   {prefix}__batch_predict {day}: {run['state']}")
+            if run["state"] != "success":
+                print(f"   see the task logs under {os.environ['AIRFLOW_HOME']}/logs")
+                return False
+        print("   waiting for the asset-triggered drift checks and the retrain they request...")
+        retrain = la.wait_for_run(airflow, f"{prefix}__retrain", timeout=1200, ignore=earlier_retrains)
+        drift_runs = wait_for_drift(len(SCORE_DAYS), timeout=600)
+        print(f"   drift checks recorded for {drift_runs} batches; retrain run {retrain['dag_run_id']}: {retrain['state']}"
+              f" ({time.perf_counter() - started:.0f}s)")  # fmt: skip
+    summarise_scoring()
+    return retrain["state"] == "success"
+
+
+def wait_for_drift(batches: int, timeout: float) -> int:
+    import sqlalchemy as sa
+
+    from lifecycle.predictions_db import engine_for
+
+    engine = engine_for(os.environ["AIRFLOW_CONN_PREDICTIONS_DB"])
+    deadline = time.monotonic() + timeout
+    seen = 0
+    while time.monotonic() < deadline:
+        try:
+            with engine.connect() as conn:
+                seen = conn.execute(
+                    sa.text("SELECT count(*) FROM drift_metrics WHERE pipeline = :p AND feature = '__dataset__'"),
+                    {"p": PIPELINE},
+                ).scalar_one()
+        except sa.exc.OperationalError:  # the table appears with the first check
+            seen = 0
+        if seen >= batches:
+            break
+        time.sleep(3)
+    engine.dispose()
+    return seen
+
+
+def summarise_scoring() -> None:
+    import sqlalchemy as sa
+
+    from lifecycle.predictions_db import engine_for
+    from lifecycle.tracking import mlflow_client
+
+    engine = engine_for(os.environ["AIRFLOW_CONN_PREDICTIONS_DB"])
+    with engine.connect() as conn:
+        written = conn.execute(
+            sa.text("SELECT batch_key, count(*), model_version, round(avg(score), 3) FROM predictions "
+                    "WHERE pipeline = :p GROUP BY batch_key, model_version ORDER BY batch_key"), {"p": PIPELINE}
+        ).all()  # fmt: skip
+        drift = conn.execute(
+            sa.text("SELECT batch_key, feature, value, drifted FROM drift_metrics WHERE pipeline = :p "
+                    "AND (drifted OR feature = '__dataset__') ORDER BY batch_key, feature"), {"p": PIPELINE}
+        ).all()  # fmt: skip
+        requests = conn.execute(
+            sa.text("SELECT batch_key, reason FROM retrain_requests WHERE pipeline = :p ORDER BY batch_key"),
+            {"p": PIPELINE},
+        ).all()
+    engine.dispose()
+    step("Predictions written (table predictions)")
+    for batch_key, rows, version, mean in written:
+        print(f"   {batch_key}: {rows} rows scored by version {version} (mean score {mean})")
+    step("Drift per batch (table drift_metrics)")
+    by_batch: dict[str, list] = {}
+    for batch_key, feature, value, drifted in drift:
+        by_batch.setdefault(str(batch_key), []).append((feature, value, drifted))
+    for batch_key, rows in sorted(by_batch.items()):
+        dataset = next((r for r in rows if r[0] == "__dataset__"), None)
+        features = [f"{f} {v:.2f}" for f, v, d in rows if d and f != "__dataset__"]
+        verdict = "DRIFT" if dataset and dataset[2] else "stable"
+        print(f"   {batch_key}: {verdict:6s} {', '.join(features) if features else ''}")
+    step("Retrain requested by the drift policy")
+    for batch_key, reason in requests:
+        print(f"   {batch_key}: {reason}")
+    client = mlflow_client()
+    experiment = client.get_experiment_by_name(f"lifecycle/{PIPELINE}")
+    triggered = client.search_runs(
+        [experiment.experiment_id], "tags.`trigger.reason` LIKE 'drift on%'", order_by=["attributes.start_time DESC"]
+    )
+    for run in triggered[:1]:
+        tags = run.data.tags
+        print(f"   the retrain it triggered (MLflow run {run.info.run_id}, window {tags.get('snapshot.window')}):")
+        print(f"      gate: {tags.get('gate.verdict')}: {tags.get('gate.reason')}")
+        if tags.get("registered_version"):
+            print(f"      registered version {tags['registered_version']} and moved the champion alias to it")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -142,6 +250,10 @@ def main() -> int:
         if not run_dag(f"{PIPELINE}__retrain", day, {"reason": f"demo: nightly retrain for {day}"}):
             return 1
     summarise_training()
+
+    step(f"Scoring {len(SCORE_DAYS)} daily batches on a running Airflow (scheduler, LocalExecutor)")
+    if not score_and_watch():
+        return 1
 
     print(f"\nDemo finished in {time.perf_counter() - started:.0f}s. Browse it all with `make airflow` and")
     print(f"`.venv/bin/mlflow ui --backend-store-uri {os.environ['MLFLOW_TRACKING_URI']}`.")

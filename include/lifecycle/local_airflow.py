@@ -183,14 +183,22 @@ def _command(service: str, port: int) -> list[str]:
     return command
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(Exception):
+def _death_signal_setter():
+    """On Linux, a function for the child (between fork and exec) asking for SIGTERM when its parent dies,
+    so that services do not outlive a launcher that was killed outright; else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # loaded here, in the parent: no import after fork
+    except (OSError, AttributeError):
+        return None
+    return lambda: prctl(1, signal.SIGTERM)  # 1 is PR_SET_PDEATHSIG
 
 
 def _start(command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """Note: the death signal follows the thread that started the service: start from a long-lived thread."""
     with log_path.open("ab") as log:
         return subprocess.Popen(
             command,
@@ -199,7 +207,7 @@ def _start(command: list[str], env: dict[str, str], log_path: Path) -> subproces
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,  # its own process group, away from the terminal's Ctrl-C
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            preexec_fn=_death_signal_setter(),
         )
 
 
@@ -395,6 +403,8 @@ def running_airflow(
     failing service's log) when a service exits or is not healthy within startup_timeout seconds.
     """
     services = tuple(services)
+    if "api-server" not in services:
+        raise ValueError("running_airflow needs the api-server among its services: health is read through it")
     port = free_port() if port is None else port
     if not port_is_free(port):
         raise AirflowStartError(f"port {port} on 127.0.0.1 is in use: pick another (or leave it to free_port())")
@@ -416,7 +426,7 @@ def running_airflow(
     try:
         if migrate:
             migrate_db(child_env, log_dir / "db-migrate.log", timeout=startup_timeout)
-        since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=2)
+        since = dt.datetime.now(dt.UTC)  # heartbeats of jobs from an earlier launch do not count
         for service in services:
             airflow.processes[service] = _start(_command(service, port), child_env, airflow.log_file(service))
         deadline = started + startup_timeout

@@ -53,6 +53,9 @@ def predictions_table(metadata: sa.MetaData, name: str) -> sa.Table:
 def engine_for(url: str) -> sa.Engine:
     if url.startswith(("postgres://", "postgresql://")):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    if url.startswith("sqlite"):
+        # SQLite has one writer at a time: wait for it instead of failing with "database is locked".
+        return sa.create_engine(url, connect_args={"timeout": 120})
     return sa.create_engine(url, pool_pre_ping=True)
 
 

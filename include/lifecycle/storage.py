@@ -120,13 +120,20 @@ def read_bytes(uri: str) -> bytes:
 
 
 def exists(uri: str) -> bool:
+    """Whether the object is there; an unreachable store is an error, not a 'no'."""
     scheme, bucket, key = _split(uri)
     if scheme == "s3":
+        from botocore.exceptions import ClientError
+
         try:
             s3_client().head_object(Bucket=bucket, Key=key)
             return True
-        except Exception:
-            return False
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise ArtifactStoreError(f"could not check {uri}: {err}") from err
+        except Exception as err:
+            raise ArtifactStoreError(f"could not reach the store for {uri}: {err}") from err
     return Path(key).exists()
 
 
