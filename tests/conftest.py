@@ -74,3 +74,11 @@ def run_dag(
     if conf:
         command += ["--conf", json.dumps(conf)]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=os.environ)
+
+
+@pytest.fixture(scope="session")
+def champion(demo_data, airflow_db) -> subprocess.CompletedProcess:
+    """One retrain through Airflow for the whole session: it creates the first champion (version 1)."""
+    result = run_dag("demo_churn__retrain", "2026-02-10", {"reason": "first champion"})
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return result

@@ -125,3 +125,20 @@ def test_a_bad_pipeline_file_is_an_import_error_naming_file_and_field(tmp_path):
     message = "\n".join(errors.values())
     assert "broken.yaml" in message
     assert "training.primary_metric" in message and "'auc'" in message
+
+
+def test_assets_chain_prediction_drift_and_retrain(dagbag):
+    """batch_predict updates the predictions Asset, drift_check runs on it, retrain runs on cron or a request."""
+    predict, drift, retrain = (dagbag.dags[f"demo_churn__{k}"] for k in ("batch_predict", "drift_check", "retrain"))
+    writer = predict.get_task("write.write_predictions")
+    assert [a.name for a in writer.outlets] == ["demo_churn__predictions"]
+    assert _asset_names(drift.timetable.asset_condition) == ["demo_churn__predictions"]
+    requester = drift.get_task("policy.request_retrain")
+    assert [a.name for a in requester.outlets] == ["demo_churn__retrain_request"]
+    assert retrain.timetable.timetable.expression == "0 2 * * *"
+    assert _asset_names(retrain.timetable.asset_condition) == ["demo_churn__retrain_request"]
+
+
+def _asset_names(condition) -> list[str]:
+    members = getattr(condition, "objects", None)
+    return [condition.name] if members is None else [name for m in members for name in _asset_names(m)]
