@@ -12,7 +12,6 @@ export AIRFLOW_HOME ?= $(LOCAL)/airflow
 export AIRFLOW__CORE__DAGS_FOLDER ?= $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER ?= $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES ?= False
-export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION ?= False
 export MLFLOW_TRACKING_URI ?= sqlite:///$(LOCAL)/mlflow/mlflow.db
 export MLFLOW_ARTIFACT_ROOT ?= $(LOCAL)/mlflow/artifacts
 export ARTIFACT_ROOT ?= file://$(LOCAL)/artifacts

@@ -27,27 +27,14 @@ from lifecycle.local_airflow import (  # noqa: E402
     running_airflow,
     tail,
 )
+from lifecycle.settings import embedded_environment  # noqa: E402
 
 PREFERRED_PORT = 8080
 
 
 def embedded_defaults() -> dict[str, str]:
-    """The Makefile's exports: the embedded default, all under the git-ignored .local/ folder."""
-    return {
-        "AIRFLOW_HOME": str(LOCAL / "airflow"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{LOCAL / 'mlflow' / 'mlflow.db'}",
-        "MLFLOW_ARTIFACT_ROOT": str(LOCAL / "mlflow" / "artifacts"),
-        "ARTIFACT_ROOT": f"file://{LOCAL / 'artifacts'}",
-        "DATA_ROOT": str(LOCAL / "data"),
-        "AIRFLOW_CONN_PREDICTIONS_DB": f"sqlite:///{LOCAL / 'predictions.db'}",
-        "PYTHONUNBUFFERED": "1",
-        "GX_ANALYTICS_ENABLED": "false",
-        "MLFLOW_ENABLE_TELEMETRY": "false",
-    }
+    """The embedded default, with DAGs unpaused so that the demo pipeline schedules."""
+    return {**embedded_environment(), "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False"}
 
 
 def _make_sqlite_folders(env: dict[str, str]) -> None:

@@ -28,20 +28,10 @@ SCORE_DAYS = [dt.date(2026, 3, 6) + dt.timedelta(days=i) for i in range(7)]  # f
 
 
 def embedded_defaults() -> dict[str, str]:
-    return {
-        "AIRFLOW_HOME": str(LOCAL / "airflow"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{LOCAL / 'mlflow' / 'mlflow.db'}",
-        "MLFLOW_ARTIFACT_ROOT": str(LOCAL / "mlflow" / "artifacts"),
-        "ARTIFACT_ROOT": f"file://{LOCAL / 'artifacts'}",
-        "DATA_ROOT": str(LOCAL / "data"),
-        "AIRFLOW_CONN_PREDICTIONS_DB": f"sqlite:///{LOCAL / 'predictions.db'}",
-        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
-        "GX_ANALYTICS_ENABLED": "false",
-        "MLFLOW_ENABLE_TELEMETRY": "false",
-    }
+    """The embedded default; DAGs start paused: the demo unpauses what it runs, so no cron run sneaks in."""
+    from lifecycle.settings import embedded_environment
+
+    return {**embedded_environment(), "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True"}
 
 
 def step(message: str) -> None:
