@@ -42,9 +42,11 @@ def tables(metadata: sa.MetaData, metrics_table: str) -> tuple[sa.Table, sa.Tabl
 
 
 def _ensure(engine: sa.Engine, metrics_table: str) -> tuple[sa.Table, sa.Table]:
+    from lifecycle.predictions_db import create_tables
+
     metadata = sa.MetaData()
     found = tables(metadata, metrics_table)
-    metadata.create_all(engine, checkfirst=True)
+    create_tables(engine, metadata)
     return found
 
 

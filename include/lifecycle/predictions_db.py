@@ -59,10 +59,26 @@ def engine_for(url: str) -> sa.Engine:
     return sa.create_engine(url, pool_pre_ping=True)
 
 
+def create_tables(engine: sa.Engine, metadata: sa.MetaData, attempts: int = 3) -> None:
+    """create_all(checkfirst=True) that survives another task creating the same tables at the same moment.
+
+    The existence check and the CREATE are separate statements: two writers on a fresh database can both
+    see no table, and the later CREATE then fails (PostgreSQL: UniqueViolation on pg_type or DuplicateTable;
+    SQLite: "table ... already exists"). Checking again finds the other writer's table and skips it.
+    """
+    for attempt in range(attempts):
+        try:
+            metadata.create_all(engine, checkfirst=True)
+            return
+        except sa.exc.DBAPIError:
+            if attempt == attempts - 1:
+                raise
+
+
 def ensure_table(engine: sa.Engine, name: str) -> sa.Table:
     metadata = sa.MetaData()
     table = predictions_table(metadata, name)
-    metadata.create_all(engine, checkfirst=True)
+    create_tables(engine, metadata)
     return table
 
 
@@ -83,8 +99,8 @@ def write_batch(
 
     Chunks are streamed, so memory is bounded by the chunk, not the batch. Returns the rows written.
     """
-    table = ensure_table(engine, table_name)
     try:
+        table = ensure_table(engine, table_name)
         if engine.dialect.name == "postgresql":
             return _write_postgres(engine, table, pipeline, batch_key, rows)
         return _write_generic(engine, table, pipeline, batch_key, rows, insert_chunk)
