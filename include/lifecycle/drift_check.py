@@ -98,7 +98,8 @@ def run_check(
     experiment = tracking.experiment_id(config.name)
     with mlflow.start_run(experiment_id=experiment, run_name=f"drift {batch_key}") as run:
         mlflow.set_tags({"lifecycle.kind": "drift", "airflow.run_id": run_id, "batch_key": batch_key,
-                         "model_version": str(version), "dataset_drift": str(result["dataset_drift"])})  # fmt: skip
+                         "model_version": str(version), "dataset_drift": str(result["dataset_drift"]),
+                         "batch.uri": batch_uri})  # fmt: skip
         mlflow.log_metrics({f"psi.{k}" if v["kind"] == "numeric" else f"js.{k}": v["value"]
                             for k, v in result["features"].items()})  # fmt: skip
         mlflow.log_metric("drifted_share", result["drifted_share"])
