@@ -77,11 +77,11 @@ def predictions_asset(config: PipelineConfig) -> Any:
     """Updated by every batch written; the drift check is scheduled on it."""
     from airflow.sdk import Asset
 
-    return Asset(name=f"{config.name}__predictions", uri=f"lifecycle://{config.name}/predictions")
+    return Asset(name=f"{config.name}__predictions", uri=f"x-lifecycle://{config.name}/predictions")
 
 
 def retrain_request_asset(config: PipelineConfig) -> Any:
     """Updated when the drift policy asks for a retrain; the retrain DAG is scheduled on it and on cron."""
     from airflow.sdk import Asset
 
-    return Asset(name=f"{config.name}__retrain_request", uri=f"lifecycle://{config.name}/retrain-request")
+    return Asset(name=f"{config.name}__retrain_request", uri=f"x-lifecycle://{config.name}/retrain-request")

@@ -18,10 +18,13 @@ from lifecycle.metrics import SCORERS
 
 
 def available_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+    """Cores this task may use: LIFECYCLE_SEARCH_JOBS, else joblib's count (which honours container quotas)."""
+    override = os.environ.get("LIFECYCLE_SEARCH_JOBS")
+    if override:
+        return max(1, int(override))
+    import joblib
+
+    return max(1, joblib.cpu_count(only_physical_cores=False))
 
 
 def thread_plan(cores: int | None = None) -> dict[str, int]:
@@ -115,7 +118,13 @@ def fit_search(
     train = train.sort_values(config.timestamp_column, kind="stable")
     search = make_search(config, train, grid, strategy, plan)
     started = time.perf_counter()
-    search.fit(train[columns], train[config.target])
+    try:
+        search.fit(train[columns], train[config.target])
+    finally:
+        # The search's worker processes would otherwise outlive the Airflow task by minutes.
+        from joblib.externals.loky import get_reusable_executor
+
+        get_reusable_executor().shutdown(wait=True)
     summary = {
         "strategy": strategy,
         "seconds": round(time.perf_counter() - started, 2),
