@@ -55,6 +55,9 @@ airflow: $(STAMP) ## Start airflow standalone with the demo pipeline and print t
 bench: $(STAMP) ## Run the benchmark scripts and print their numbers
 	$(PY) benchmarks/parse_time.py
 	$(PY) benchmarks/grid_search.py
+	$(PY) benchmarks/write_speed.py
+	$(PY) benchmarks/scoring_memory.py
+	$(PY) benchmarks/models_page.py --check
 
 lock: ## Re-pin requirements*.txt from requirements*.in
 	uv pip compile -q requirements.in --python-version 3.11 -o requirements.txt

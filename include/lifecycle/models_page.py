@@ -61,6 +61,7 @@ class RetrainRun:
     primary: float | None
     baseline_primary: float | None
     champion_primary: float | None
+    experiment_id: str | None = None
 
 
 @dataclass
@@ -180,6 +181,7 @@ def _retrain_run(run: Any, config: PipelineConfig) -> RetrainRun:
         primary=metrics.get(f"holdout_challenger_{primary}"),
         baseline_primary=metrics.get(f"holdout_baseline_{primary}"),
         champion_primary=metrics.get(f"holdout_champion_{primary}"),
+        experiment_id=run.info.experiment_id,
     )
 
 
@@ -703,7 +705,7 @@ svg{width:100%;max-width:920px;height:auto;display:block}.axis{stroke:#94a3b8}.g
 form.rollback{display:flex;gap:8px;align-items:center;flex-wrap:wrap;margin-top:8px}
 button{background:#b91c1c;color:#fff;border:0;border-radius:6px;padding:6px 12px;cursor:pointer}
 input,select{padding:5px;border:1px solid #cbd5e1;border-radius:6px}.reason{max-width:420px}
-#rollback-status{font-weight:600}
+#rollback-status{font-weight:600}td.links{white-space:nowrap}
 """
 
 SCRIPT = """
@@ -859,7 +861,7 @@ def _rollback_form(view: PipelineView, links: Links, can_rollback: bool) -> str:
     )
     return f"""<form class="rollback" id="rollback-form" action="{_e(links.rollback(view.name))}" method="post"
  data-model="{_e(view.model_name)}" data-current="{view.champion.version}">
-<label>Roll the champion back to <select name="version" id="rollback-version">{options}</select></label>
+<label>Move the champion to <select name="version" id="rollback-version">{options}</select></label>
 <input class="reason" name="reason" placeholder="reason (recorded on the version)" maxlength="500">
 <button type="submit" id="rollback-button">Roll back</button><span id="rollback-status"></span></form>"""
 
@@ -892,6 +894,11 @@ def _versions_table(view: PipelineView, links: Links) -> str:
     )
 
 
+def _mlflow_ui_link(links: Links, run: RetrainRun) -> str:
+    url = links.mlflow_ui_run(run.experiment_id, run.mlflow_run_id)
+    return f' <a data-top href="{_e(url)}">(UI)</a>' if url else ""
+
+
 def _runs_table(view: PipelineView, links: Links) -> str:
     if not view.runs:
         return '<p class="empty">No retrain run yet.</p>'
@@ -904,9 +911,9 @@ def _runs_table(view: PipelineView, links: Links) -> str:
             f"<td>{_fmt(run.primary)}<div class=muted>baseline {_fmt(run.baseline_primary)}"
             f"{f' · champion {_fmt(run.champion_primary)}' if run.champion_primary is not None else ''}</div></td>"
             f"<td>{f'v{run.registered_version}' if run.registered_version else '–'}</td>"
-            f'<td><a data-top href="{_e(links.airflow_run(run.dag_id or view.retrain_dag_id, run.airflow_run_id))}">'
+            f'<td class="links"><a data-top href="{_e(links.airflow_run(run.dag_id or view.retrain_dag_id, run.airflow_run_id))}">'
             f'Airflow run</a><br><a href="{_e(links.mlflow_run(view.name, run.mlflow_run_id))}">MLflow run</a>'
-            f"{report}</td></tr>"
+            f"{_mlflow_ui_link(links, run)}{report}</td></tr>"
         )
     more = (
         f'<p class="muted">Showing the newest {SHOWN_RUNS} of {len(view.runs)} runs.</p>'

@@ -1,0 +1,372 @@
+"""The models page's data layer and rendering, on a small temporary MLflow store and SQLite predictions DB."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from lifecycle import drift_store, models_page
+from lifecycle.predictions_db import COLUMNS, engine_for, write_batch
+
+DAY_MS = 86_400_000
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+
+
+class CountingClient:
+    """An MlflowClient that counts the calls made through it."""
+
+    def __init__(self, client: Any):
+        self._client = client
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append(name)
+            return attribute(*args, **kwargs)
+
+        return call
+
+
+def seed_retrain(
+    client: Any,
+    experiment_id: str,
+    model: str,
+    *,
+    dag_id: str,
+    airflow_run_id: str,
+    day: int,
+    as_of: str,
+    reason: str,
+    verdict: str,
+    auc: float,
+    register: bool,
+    window_days: int = 35,
+    grid: dict | None = None,
+) -> tuple[str, int | None]:
+    """One retrain run as lifecycle.retrain logs it; registered (and made champion) when `register`."""
+    from mlflow.entities import Metric
+
+    params = {"as_of_date": as_of, "reason": reason, "search": "halving", "window_days": window_days}
+    if grid is not None:
+        params["grid"] = grid
+    run = client.create_run(
+        experiment_id,
+        run_name=airflow_run_id,
+        start_time=T0 + day * DAY_MS,
+        tags={
+            "airflow.dag_id": dag_id,
+            "airflow.run_id": airflow_run_id,
+            "trigger.reason": reason,
+            "trigger.params": json.dumps(params, sort_keys=True),
+            "gate.verdict": verdict,
+            "gate.reason": f"{verdict}: challenger roc_auc {auc}",
+        },
+    )
+    run_id = run.info.run_id
+    metrics = {"roc_auc": auc, "pr_auc": auc / 2, "log_loss": 0.3}
+    client.log_batch(
+        run_id,
+        metrics=[Metric(f"holdout_challenger_{k}", v, T0, 0) for k, v in metrics.items()]
+        + [Metric("holdout_baseline_roc_auc", auc - 0.05, T0, 0)],
+    )
+    version = None
+    if register:
+        created = client.create_model_version(
+            model,
+            source=f"{run.info.artifact_uri}/model",
+            run_id=run_id,
+            tags={"gate.verdict": verdict, "gate.reason": f"{verdict}: challenger roc_auc {auc}"},
+        )
+        version = int(created.version)
+        client.set_registered_model_alias(model, "champion", version)
+        client.set_tag(run_id, "registered_version", str(version))
+    client.set_terminated(run_id)
+    return run_id, version
+
+
+def drift_result(values: dict[str, float], psi: float = 0.2, js: float = 0.1) -> dict[str, Any]:
+    features = {}
+    for name, value in values.items():
+        categorical = name.startswith("cat_")
+        threshold = js if categorical else psi
+        features[name] = {
+            "kind": "categorical" if categorical else "numeric",
+            "metric": "jensen_shannon" if categorical else "psi",
+            "value": value,
+            "threshold": threshold,
+            "drifted": value > threshold,
+            "test": "chi2" if categorical else "ks",
+            "statistic": 0.1,
+            "p_value": 0.5,
+        }
+    prediction = dict(features[next(iter(values))], kind="prediction", value=0.05, drifted=False)
+    drifted = sum(f["drifted"] for f in features.values())
+    return {
+        "features": features,
+        "prediction": prediction,
+        "performance": None,
+        "drifted_share": drifted / len(features),
+        "dataset_drift": drifted >= 1,
+    }
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One MLflow SQLite store for the module: the demo pipeline with three retrain runs and two versions."""
+    import mlflow
+
+    root = tmp_path_factory.mktemp("models_page")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return {"root": root, "client": client}
+
+
+@pytest.fixture(scope="module")
+def demo(store, make_config):
+    config = make_config()
+    client = store["client"]
+    experiment = client.create_experiment("lifecycle/demo_churn", artifact_location=(store["root"] / "art").as_uri())
+    client.create_registered_model(config.registered_model_name)
+    dag_id = "demo_churn__retrain"
+    runs = [
+        seed_retrain(client, experiment, "demo_churn", dag_id=dag_id, airflow_run_id="scheduled__2026-03-01T02:00:00+00:00",
+                     day=1, as_of="2026-03-01", reason="scheduled", verdict="promote", auc=0.80, register=True),
+        seed_retrain(client, experiment, "demo_churn", dag_id=dag_id, airflow_run_id="manual__2026-03-02T09:00:00+00:00",
+                     day=2, as_of="2026-03-02", reason="try a wider window", verdict="reject", auc=0.79,
+                     register=False, window_days=60, grid={"num_leaves": [63]}),
+        seed_retrain(client, experiment, "demo_churn", dag_id=dag_id, airflow_run_id="manual__2026-03-03T09:00:00+00:00",
+                     day=3, as_of="2026-03-03", reason="<script>alert(1)</script>", verdict="promote", auc=0.83,
+                     register=True),
+    ]  # fmt: skip
+    # A candidate (nested) run and a drift run in the same experiment: not retrain runs.
+    client.create_run(experiment, tags={"mlflow.parentRunId": runs[0][0]})
+    client.create_run(experiment, tags={"lifecycle.kind": "drift", "airflow.run_id": "drift__1"})
+
+    database = engine_for(f"sqlite:///{store['root'] / 'predictions.db'}")
+    for i, (rows, version) in enumerate([(300, "1"), (250, "2"), (400, "2")]):
+        key = dt.date(2026, 3, 6 + i)
+        scored = [
+            ("demo_churn", key, str(n), 0.5, "0", "demo_churn", version, f"predict__{i}", dt.datetime.now(dt.UTC))
+            for n in range(rows)
+        ]
+        assert len(scored[0]) == len(COLUMNS)
+        write_batch(database, "predictions", "demo_churn", key, [scored])
+    drift = [{"sessions_30d": 0.05, "monthly_spend": 0.1, "cat_device": 0.02},
+             {"sessions_30d": 0.15, "monthly_spend": 0.35, "cat_device": 0.04},
+             {"sessions_30d": 0.3, "monthly_spend": 0.5, "cat_device": 0.2}]  # fmt: skip
+    for i, values in enumerate(drift):
+        key = dt.date(2026, 3, 6 + i)
+        drift_store.record(database, "drift_metrics", "demo_churn", key, drift_result(values), "2", f"drift__{i}")
+    # Another pipeline's rows in the same tables are not this pipeline's.
+    write_batch(database, "predictions", "other", dt.date(2026, 3, 6), [[("other", dt.date(2026, 3, 6), "1", 0.1,
+                "0", "other", "1", "x", dt.datetime.now(dt.UTC))]])  # fmt: skip
+    return {"config": config, "client": client, "engine": database, "experiment": experiment, "runs": runs}
+
+
+def test_the_view_reads_mlflow_and_the_database_in_few_calls(demo):
+    client = CountingClient(demo["client"])
+    view = models_page.pipeline_view(demo["config"], client, demo["engine"])
+
+    assert view.errors == []
+    # MLflow: experiment, retrain runs, registered model (aliases), versions; no call per run or version.
+    assert len(client.calls) == view.mlflow_calls <= 5, client.calls
+    assert client.calls.count("search_runs") == 1
+    assert view.sql_queries == 2
+
+    assert [r.as_of for r in view.runs] == ["2026-03-03", "2026-03-02", "2026-03-01"]  # newest first
+    wider = view.runs[1]
+    assert (wider.verdict, wider.reason, wider.window_days, wider.grid_is_default) == (
+        "reject", "try a wider window", 60, False,
+    )  # fmt: skip
+    assert wider.airflow_run_id == "manual__2026-03-02T09:00:00+00:00"
+    assert wider.primary == pytest.approx(0.79) and wider.baseline_primary == pytest.approx(0.74)
+    assert view.runs[0].registered_version == 2 and view.runs[1].registered_version is None
+    assert view.runs[2].grid_is_default
+
+    assert [v.version for v in view.versions] == [2, 1]
+    assert view.versions[0].aliases == ["champion"] and view.versions[1].aliases == []
+    assert view.versions[1].primary == pytest.approx(0.80)
+    assert view.versions[1].airflow_run_id == "scheduled__2026-03-01T02:00:00+00:00"
+
+    champion = view.champion
+    assert champion.version == 2 and champion.how == "gate"
+    assert champion.holdout["roc_auc"] == pytest.approx(0.83)
+    assert "promote: challenger roc_auc 0.83" in champion.why and "<script>" in champion.why
+    assert dt.datetime.fromisoformat(champion.promoted_at).tzinfo is not None  # registration time, ISO-8601
+
+    assert view.latest_evaluation_run == "manual__2026-03-03T09:00:00+00:00"
+    assert [(b.batch_key, b.rows, b.model_versions) for b in view.batches] == [
+        ("2026-03-06", 300, ["1"]), ("2026-03-07", 250, ["2"]), ("2026-03-08", 400, ["2"]),
+    ]  # fmt: skip
+    assert view.psi.batches == ["2026-03-06", "2026-03-07", "2026-03-08"]
+    assert view.psi.threshold == pytest.approx(0.2)
+    assert view.psi.values["monthly_spend"] == pytest.approx([0.1, 0.35, 0.5])
+    assert view.psi.values["prediction"] == pytest.approx([0.05, 0.05, 0.05])
+    assert view.psi.drifted == {"sessions_30d": 1, "monthly_spend": 2, "prediction": 0}
+    assert set(view.js.values) == {"cat_device"} and view.js.threshold == pytest.approx(0.1)
+    assert view.latest_drift == {"batch_key": "2026-03-08", "airflow_run_id": "drift__2"}
+    json.dumps(view.to_dict())  # the JSON endpoint's payload
+
+
+def test_only_the_newest_batches_and_runs_are_read(demo):
+    view = models_page.pipeline_view(demo["config"], demo["client"], demo["engine"], max_runs=2, max_batches=2)
+    assert [r.as_of for r in view.runs] == ["2026-03-03", "2026-03-02"]
+    # The version of the run outside the window still gets its metric (one more search, not one per run).
+    assert view.versions[1].primary == pytest.approx(0.80) and view.mlflow_calls == 5
+    assert [b.batch_key for b in view.batches] == ["2026-03-07", "2026-03-08"]
+    assert view.psi.batches == ["2026-03-07", "2026-03-08"]
+
+
+def test_an_empty_store_and_database_give_an_empty_view(store, make_config, tmp_path):
+    config = make_config(name="nothing_yet")
+    view = models_page.pipeline_view(config, store["client"], engine_for(f"sqlite:///{tmp_path / 'p.db'}"))
+    assert (view.errors, view.champion, view.runs, view.versions, view.batches, view.psi) == (
+        [],
+        None,
+        [],
+        [],
+        [],
+        None,
+    )
+    page = models_page.render_page([view], ["nothing_yet"], models_page.Links(), can_rollback={"nothing_yet": True})
+    assert "No champion yet" in page and "No retrain run yet" in page and "No batch has been scored yet" in page
+    assert 'id="rollback-form"' not in page
+
+
+def test_an_unreadable_store_is_shown_as_an_error_not_a_crash(make_config, tmp_path):
+    class Broken:
+        def __getattr__(self, name):
+            raise ConnectionError("tracking server down")
+
+    view = models_page.pipeline_view(make_config(), Broken(), engine_for(f"sqlite:///{tmp_path / 'p.db'}"))
+    assert view.errors == ["MLflow could not be read: ConnectionError: tracking server down"]
+    assert "tracking server down" in models_page.render_page(
+        [view], ["demo_churn"], models_page.Links(), can_rollback={}
+    )
+
+
+def test_the_page_shows_runs_links_charts_and_escapes_what_it_shows(demo):
+    view = models_page.pipeline_view(demo["config"], demo["client"], demo["engine"])
+    links = models_page.Links(app="/base/lifecycle", airflow="/base")
+    page = models_page.render_page(
+        [view], ["demo_churn", "other"], links, can_rollback={"demo_churn": True}, user="ann"
+    )
+
+    assert '<span id="champion-version">2</span>' in page
+    assert "try a wider window" in page and "window 60 d" in page and "{&quot;num_leaves&quot;: [63]}" in page
+    assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    # Links: the Airflow run (id quoted), the MLflow run view, the reports, all under the given roots.
+    assert 'href="/base/dags/demo_churn__retrain/runs/manual__2026-03-02T09%3A00%3A00%2B00%3A00"' in page
+    mlflow_run = demo["runs"][1][0]
+    assert f'href="/base/lifecycle/pipelines/demo_churn/mlflow/{mlflow_run}"' in page
+    assert (
+        'href="/base/lifecycle/pipelines/demo_churn/runs/manual__2026-03-03T09%3A00%3A00%2B00%3A00/evaluation"' in page
+    )
+    assert 'href="/base/lifecycle/pipelines/demo_churn/runs/drift__2/drift"' in page
+    # Charts: the metric per version, rows per batch, PSI with its threshold, JS distance.
+    for chart in ("chart-metric", "chart-rows", "chart-psi", "chart-js"):
+        assert f'id="{chart}"' in page
+    assert "threshold 0.2" in page and "threshold 0.1" in page
+    assert "2026-03-08: 400 rows" in page
+    assert page.count('class="champ"') == 1
+    # Rollback: to version 1 only, with a confirm() before the POST, and the expected champion sent along.
+    form = re.search(r'<form class="rollback".*?</form>', page, re.S).group(0)
+    assert 'action="/base/lifecycle/pipelines/demo_churn/rollback"' in form and 'data-current="2"' in form
+    assert re.findall(r'<option value="(\d+)"', form) == ["1"]
+    assert ".confirm(question)" in page and "expected_current" in page
+    assert "Signed in as ann" in page
+
+    assert "(UI)</a>" not in page
+    with_ui = models_page.Links(mlflow_ui="http://127.0.0.1:5000/")
+    page = models_page.render_page([view], ["demo_churn"], with_ui, can_rollback={})
+    assert f'href="http://127.0.0.1:5000/#/experiments/{demo["experiment"]}/runs/{mlflow_run}"' in page
+
+    readonly = models_page.render_page([view], ["demo_churn"], links, can_rollback={"demo_churn": False})
+    assert 'id="rollback-form"' not in readonly and "needs permission" in readonly
+
+
+def test_rollback_moves_the_alias_and_records_who_when_and_why(store, make_config):
+    client = store["client"]
+    config = make_config(name="rollback_demo")
+    experiment = client.create_experiment("lifecycle/rollback_demo")
+    client.create_registered_model("rollback_demo")
+    for day in (1, 2):
+        seed_retrain(client, experiment, "rollback_demo", dag_id="rollback_demo__retrain", airflow_run_id=f"r{day}",
+                     day=day, as_of=f"2026-03-0{day}", reason="r", verdict="promote", auc=0.8, register=True)  # fmt: skip
+
+    with pytest.raises(models_page.RollbackError) as stale:
+        models_page.rollback(client, "rollback_demo", 1, user="ann", expected_current=1)
+    assert stale.value.status == 409
+    for version, status in ((2, 409), (7, 404), ("1; drop", 400)):
+        with pytest.raises(models_page.RollbackError) as refused:
+            models_page.rollback(client, "rollback_demo", version, user="ann")
+        assert refused.value.status == status
+    assert str(client.get_model_version_by_alias("rollback_demo", "champion").version) == "2"
+
+    when = dt.datetime(2026, 3, 4, 12, 30, tzinfo=dt.UTC)
+    done = models_page.rollback(
+        client, "rollback_demo", "1", user="ann", reason="v2 misbehaves", expected_current="2", now=when
+    )
+    assert done == {
+        "model": "rollback_demo",
+        "champion": 1,
+        "previous": "2",
+        "by": "ann",
+        "at": "2026-03-04T12:30:00+00:00",
+    }
+    version = client.get_model_version_by_alias("rollback_demo", "champion")
+    assert str(version.version) == "1"
+    assert {k: v for k, v in version.tags.items() if k.startswith("rollback.")} == {
+        "rollback.by": "ann", "rollback.at": "2026-03-04T12:30:00+00:00", "rollback.from": "2",
+        "rollback.reason": "v2 misbehaves",
+    }  # fmt: skip
+
+    view = models_page.pipeline_view(config, client, None)
+    assert view.champion.version == 1 and view.champion.how == "rollback" and view.champion.by == "ann"
+    assert view.champion.promoted_at == "2026-03-04T12:30:00+00:00"
+    assert view.champion.why == "rolled back from version 2: v2 misbehaves"
+    page = models_page.render_page([view], ["rollback_demo"], models_page.Links(), can_rollback={"rollback_demo": True})
+    assert "rolled back 2026-03-04 12:30:00 UTC by ann" in page
+
+
+def test_run_details_only_for_the_pipelines_experiment(demo, store):
+    client = demo["client"]
+    run_id = demo["runs"][0][0]
+    details = models_page.run_details(client, "lifecycle/demo_churn", run_id)
+    assert details["tags"]["airflow.run_id"] == "scheduled__2026-03-01T02:00:00+00:00"
+    assert details["metrics"]["holdout_challenger_roc_auc"] == pytest.approx(0.80)
+    assert models_page.run_details(client, "lifecycle/other", run_id) is None
+    assert models_page.run_details(client, "lifecycle/demo_churn", "0" * 32) is None
+    page = models_page.render_run(details, "demo_churn", models_page.Links())
+    assert "holdout_challenger_roc_auc" in page and "scheduled__2026-03-01T02:00:00+00:00" in page
+
+
+def test_a_report_gets_a_link_back():
+    page = b"<!doctype html><html><body><h1>x</h1></body></html>"
+    assert models_page.with_back_link(page, "/lifecycle/?pipeline=a").startswith(
+        b'<!doctype html><html><body><p style="font-family:sans-serif"><a id="lifecycle-back" href="/lifecycle/?pipeline=a">'
+    )
+    assert b"<h1>x</h1>" in models_page.with_back_link(b'<body class="x"><h1>x</h1>', "/")
+    assert models_page.with_back_link(b"plain", "/").endswith(b"plain")
+
+
+def test_ticks_are_round_numbers():
+    assert models_page._ticks(0, 1) == [0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert models_page._ticks(0.71, 0.84) == pytest.approx([0.725, 0.75, 0.775, 0.8, 0.825])
+    assert models_page._ticks(3, 3) == [3]
+
+
+def test_nothing_here_imports_airflow():
+    source = Path(models_page.__file__).read_text()
+    assert "import airflow" not in source and "from airflow" not in source
+    assert sa  # the data layer speaks SQLAlchemy to the predictions database
