@@ -122,7 +122,9 @@ def test_retrain_writes_every_artifact_to_the_bucket(trained_on_s3, s3_endpoint)
     assert len({k.split("/")[2] for k in keys}) == 1, "one run, one folder"
     model_files = _keys(s3_endpoint["url"], "mlflow/")
     assert any(k.endswith("/MLmodel") for k in model_files), "MLflow's model artifacts are in the bucket"
-    assert not list(Path(trained_on_s3["AIRFLOW_HOME"]).parent.glob("artifacts/demo_churn/*")), "nothing local"
+    run_folder = keys[0].split("/")[2]
+    local_root = Path(os.environ["ARTIFACT_ROOT"].removeprefix("file://"))
+    assert not (local_root / "demo_churn" / run_folder).exists(), "nothing of this run in the local store"
 
 
 def test_champion_loads_back_from_the_bucket_with_its_lineage(trained_on_s3):

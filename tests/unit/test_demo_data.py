@@ -53,10 +53,11 @@ def test_missing_values_present(make_frame):
 def test_drift_raises_spend_from_drift_day_on():
     for offset in range(3):
         day = DAY + dt.timedelta(days=offset)
-        clean = demo_data.activity(day, 300)
-        drifted = demo_data.activity(day, 300, drift_from=DAY)
+        clean = demo_data.activity(day, 2000)
+        drifted = demo_data.activity(day, 2000, drift_from=DAY)
+        # Spend is scaled by 1.35; the two frames draw different samples, so allow sampling noise.
         ratio = drifted["monthly_spend"].mean() / clean["monthly_spend"].mean()
-        assert ratio == pytest.approx(1.35, rel=0.01)
+        assert ratio == pytest.approx(1.35, rel=0.05)
         assert drifted["days_since_last_login"].mean() > 1.5 * clean["days_since_last_login"].mean()
         # device mix moves towards desktop
         assert (drifted["device"] == "desktop").mean() > (clean["device"] == "desktop").mean() + 0.15
