@@ -9,6 +9,8 @@ MLflow registry only when the gate says so.
 
 from __future__ import annotations
 
+import datetime as dt
+
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, TaskGroup, task
 
 from lifecycle.airflow_glue import (
@@ -72,8 +74,29 @@ def schedule(config: PipelineConfig):
     return AssetOrTimeSchedule(timetable=CronTriggerTimetable(config.schedules.retrain, timezone="UTC"), assets=request)
 
 
+def approval_request(config: PipelineConfig):
+    """A person approves or rejects a challenger that passed every automatic check (gate mode `approve`)."""
+    from airflow.providers.standard.operators.hitl import HITLOperator
+
+    decision = "ti.xcom_pull(task_ids='evaluation.score_and_decide')"
+    return HITLOperator(
+        task_id="approve",
+        subject=f"Promote the new {config.name} challenger to champion?",
+        body=(
+            "The challenger passed the gate: {{ " + decision + "['reason'] }}.\n\n"
+            "Challenger holdout metrics: {{ " + decision + "['challenger'] }}\n\n"
+            "Decision record: {{ " + decision + "['decision_uri'] }}\n\n"
+            "Evaluation report: {{ " + decision + "['report_uri'] }} (also on the Models page)"
+        ),
+        options=["Approve", "Reject"],
+        defaults=["Reject"],  # what an unanswered request becomes at the timeout: the champion stays
+        response_timeout=dt.timedelta(hours=config.gate.approval_timeout_hours),
+    )
+
+
 def build(config: PipelineConfig) -> DAG:
     name = config.name
+    approve_mode = config.gate.mode == "approve"
     with DAG(
         dag_id=f"{name}__retrain",
         description=f"Retrain {name}: {config.description}"[:200],
@@ -147,11 +170,16 @@ def build(config: PipelineConfig) -> DAG:
 
             return retrain.evaluate(config, context["run_id"], mlflow_run_id, features, challenger, base)
 
-        @task
-        def promote(mlflow_run_id: str, challenger: dict, evaluation: dict, snap: dict) -> dict:
+        @task(trigger_rule="none_failed")  # runs after a skipped approval too: it tags why nothing was promoted
+        def promote(mlflow_run_id: str, challenger: dict, evaluation: dict, snap: dict, **context) -> dict:
             from lifecycle import retrain
 
-            return retrain.promote(config, mlflow_run_id, challenger, evaluation, snap)
+            approval = context["ti"].xcom_pull(task_ids="evaluation.approve") if approve_mode else None
+            return retrain.promote(config, mlflow_run_id, challenger, evaluation, snap, approval)
+
+        @task.short_circuit(ignore_downstream_trigger_rules=False)
+        def needs_approval(evaluation: dict) -> bool:
+            return evaluation["action"] == "await approval"
 
         with TaskGroup("ingestion"):
             snap = snapshot()
@@ -166,7 +194,10 @@ def build(config: PipelineConfig) -> DAG:
             base = baseline(features)
         with TaskGroup("evaluation"):
             evaluation = score_and_decide(mlflow_run_id, features, challenger, base)
-            promote(mlflow_run_id, challenger, evaluation, snap)
+            promoted = promote(mlflow_run_id, challenger, evaluation, snap)
+            if approve_mode:
+                ask = approval_request(config)
+                needs_approval(evaluation) >> ask >> promoted
     return dag
 
 

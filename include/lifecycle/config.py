@@ -121,7 +121,10 @@ class Bootstrap(_Strict):
 
 
 class Gate(_Strict):
-    mode: Literal["enforce", "dry_run", "off"] = "enforce"
+    # enforce: promote what passes; approve: what passes waits for a person in the Airflow UI;
+    # dry_run: decide and record, promote nothing; off: promote every challenger.
+    mode: Literal["enforce", "approve", "dry_run", "off"] = "enforce"
+    approval_timeout_hours: float = Field(72, gt=0)  # unanswered, the request is rejected and the champion stays
     floors: dict[str, float] = Field(default_factory=dict)
     min_improvement: float = Field(0.0, ge=0.0)
     bootstrap: Bootstrap = Bootstrap()

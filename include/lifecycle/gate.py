@@ -93,6 +93,8 @@ def decide(
         ("promote", "off"): "promote",
         ("promote", "dry_run"): "none (dry run: would promote)",
         ("reject", "enforce"): "none (champion kept)",
+        ("promote", "approve"): "await approval",
+        ("reject", "approve"): "none (champion kept)",
         ("reject", "dry_run"): "none (dry run: would reject)",
     }[(verdict, mode)]
     return {

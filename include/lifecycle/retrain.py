@@ -345,12 +345,21 @@ def promote(
     challenger: dict[str, Any],
     evaluation: dict[str, Any],
     snapshot: dict[str, Any],
+    approval: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Register and alias the challenger when the gate said so; otherwise tag it with the reason."""
+    """Register and alias the challenger when the gate (and, in approve mode, a person) said so.
+
+    Otherwise the challenger's run and model are tagged with the reason, and the champion stays.
+    """
     from lifecycle import tracking
 
     client = tracking.mlflow_client()
+    action, answer = evaluation["action"], {}
+    if action == "await approval":
+        answer = approval_outcome(approval)
+        action = "promote" if answer["gate.approval"] == "approved" else f"none ({answer['gate.approval']})"
     tags = {
+        **answer,
         "gate.verdict": evaluation["verdict"],
         "gate.reason": evaluation["reason"][:5000],
         "gate.decision_uri": evaluation["decision_uri"],
@@ -359,18 +368,35 @@ def promote(
         "mlflow_run_id": mlflow_run_id,
     }
     version = None
-    if evaluation["action"] == "promote":
+    if action == "promote":
         version = tracking.register_champion(challenger["model_uri"], config.registered_model_name, tags)
     if challenger.get("model_id"):
         client.set_logged_model_tags(challenger["model_id"], tags)
-    client.set_tag(mlflow_run_id, "gate.action", evaluation["action"])
+    client.set_tag(mlflow_run_id, "gate.action", action)
+    for key, value in answer.items():
+        client.set_tag(mlflow_run_id, key, value)
     if version:
         client.set_tag(mlflow_run_id, "registered_version", version)
     client.set_terminated(mlflow_run_id)
     current = tracking.champion(config.registered_model_name)
     return {
         "promoted_version": version,
+        "action": action,
+        **answer,
         "champion_version": current.version if current else None,
         "verdict": evaluation["verdict"],
         "reason": evaluation["reason"],
     }
+
+
+def approval_outcome(approval: dict[str, Any] | None) -> dict[str, str]:
+    """What a person answered in the Airflow UI (a human-in-the-loop task's result), as tags."""
+    if not approval:
+        return {"gate.approval": "not answered: champion kept", "gate.approved_by": ""}
+    chosen = list(approval.get("chosen_options") or [])
+    user = approval.get("responded_by_user") or {}
+    who = (user.get("name") or user.get("id") or "") if isinstance(user, dict) else str(user)
+    if approval.get("timedout"):
+        return {"gate.approval": "timed out: champion kept", "gate.approved_by": ""}
+    state = "approved" if chosen == ["Approve"] else "rejected by a person: champion kept"
+    return {"gate.approval": state, "gate.approved_by": who, "gate.approved_at": str(approval.get("responded_at", ""))}

@@ -155,3 +155,28 @@ def test_champion_without_comparison_never_promotes():
     except ValueError:
         return
     assert decision["verdict"] == "reject"
+
+
+def test_approve_mode_waits_for_a_person_only_when_the_checks_pass():
+    from lifecycle.gate import decide
+
+    common = {"primary": "roc_auc", "floors": {"roc_auc": 0.6}, "min_improvement": 0.0, "champion": None,
+              "comparison": None, "baseline": {"roc_auc": 0.7}}  # fmt: skip
+    assert decide(mode="approve", challenger={"roc_auc": 0.8}, **common)["action"] == "await approval"
+    assert decide(mode="approve", challenger={"roc_auc": 0.65}, **common)["action"] == "none (champion kept)"
+
+
+@pytest.mark.parametrize(
+    ("answer", "state", "who"),
+    [
+        ({"chosen_options": ["Approve"], "responded_by_user": {"id": "1", "name": "ana"}}, "approved", "ana"),
+        ({"chosen_options": ["Reject"], "responded_by_user": {"id": "2", "name": "bo"}}, "rejected by a person", "bo"),
+        ({"chosen_options": ["Reject"], "timedout": True}, "timed out", ""),
+        (None, "not answered", ""),
+    ],
+)
+def test_the_answer_and_who_gave_it_become_tags(answer, state, who):
+    from lifecycle.retrain import approval_outcome
+
+    tags = approval_outcome(answer)
+    assert tags["gate.approval"].startswith(state) and tags["gate.approved_by"] == who
