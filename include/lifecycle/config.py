@@ -152,6 +152,9 @@ class Prediction(_Strict):
 class Validation(_Strict):
     min_rows: int = Field(100, ge=1)
     max_null_fraction: float = Field(0.3, ge=0.0, le=1.0)
+    # Daily partitions of a date_partitioned source that may be absent from a training window before the
+    # snapshot fails; the absent days are listed in the snapshot's metadata either way.
+    max_missing_partitions: int = Field(0, ge=0)
     # Extra Great Expectations expectations: {type: expect_..., kwargs: {...}}.
     expectations: list[dict[str, Any]] = Field(default_factory=list)
 
@@ -177,6 +180,11 @@ class Drift(_Strict):
     prediction_psi_threshold: float = Field(0.2, gt=0)
     dataset_share: float = Field(0.3, gt=0, le=1)  # share of drifted features that is dataset drift
     max_performance_drop: float = Field(0.05, ge=0)
+    # Columns that move by design (calendar, seasonal): reported, never counted toward dataset drift.
+    expected_to_move: list[str] = Field(default_factory=list)
+    # A feature drifts only when its statistic is also beyond this quantile of the statistic's sampling
+    # distribution under the reference at the batch's size (so small batches and many levels do not cry wolf).
+    noise_quantile: float = Field(0.99, gt=0.5, lt=1.0)
     metrics_table: Annotated[str, Field(pattern=_NAME)] = "drift_metrics"
     policy: RetrainPolicy = RetrainPolicy()
 
@@ -290,19 +298,35 @@ def with_training_overrides(config: PipelineConfig, **overrides: Any) -> Pipelin
         raise ConfigError(f"trigger params for {config.name}: {_fields(err)}") from None
 
 
-def load_all(directory: str | Path | None = None) -> list[PipelineConfig]:
-    """Every pipeline in the directory; one error naming every bad file, never a silent skip."""
+def load_pipelines(directory: str | Path | None = None) -> tuple[list[PipelineConfig], list[str]]:
+    """Every valid pipeline in the directory, and one message per bad file (naming it and the field).
+
+    A bad file never hides the good ones: one team's typo must not stop every other pipeline.
+    """
     directory = Path(directory or os.environ.get("PIPELINES_DIR", PIPELINES_DIR))
-    configs, errors = [], []
+    configs: list[tuple[Path, PipelineConfig]] = []
+    errors: list[str] = []
     for path in sorted(directory.glob("*.y*ml")):
         try:
-            configs.append(load_pipeline(path))
+            configs.append((path, load_pipeline(path)))
         except ConfigError as err:
             errors.append(str(err))
-    names = [c.name for c in configs]
+    names = [c.name for _, c in configs]
     duplicated = {n for n in names if names.count(n) > 1}
-    if duplicated:
-        errors.append(f"{directory}: pipeline names used twice: {sorted(duplicated)}")
+    for path, config in configs:
+        if config.name in duplicated:
+            errors.append(f"{path}: field 'name': pipeline name {config.name!r} is used by more than one file")
+    return [c for _, c in configs if c.name not in duplicated], errors
+
+
+def load_all(directory: str | Path | None = None) -> list[PipelineConfig]:
+    """Every valid pipeline; bad files are left out here and reported by `dags/pipeline_errors.py`."""
+    return load_pipelines(directory)[0]
+
+
+def check_all(directory: str | Path | None = None) -> list[PipelineConfig]:
+    """Every pipeline, or one error naming every bad file (for tools that must not skip any)."""
+    configs, errors = load_pipelines(directory)
     if errors:
         raise ConfigError("invalid pipeline configuration:\n" + "\n".join(errors))
     return configs

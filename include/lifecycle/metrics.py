@@ -55,14 +55,23 @@ def _calculators(task: str, y: np.ndarray, score: np.ndarray, threshold: float, 
             "accuracy": lambda: skm.accuracy_score(y, label),
             "threshold": lambda: threshold,
         }
+    # The model's classes, never the ones in `y`: a bootstrap resample may lack a rare class.
     classes = np.asarray(classes if classes is not None else np.unique(y))
     label = classes[np.argmax(score, axis=1)]
     return {
-        "roc_auc": lambda: skm.roc_auc_score(y, score, multi_class="ovr", labels=classes),
+        "roc_auc": lambda: _one_vs_rest_auc(y, score, classes),
         "log_loss": lambda: skm.log_loss(y, score, labels=classes),
         "f1": lambda: skm.f1_score(y, label, average="macro", zero_division=0),
         "accuracy": lambda: skm.accuracy_score(y, label),
     }
+
+
+def _one_vs_rest_auc(y: np.ndarray, score: np.ndarray, classes: np.ndarray) -> float:
+    """Macro one-vs-rest ROC AUC over the classes present in `y` (scikit-learn's refuses an absent class)."""
+    aucs = [
+        skm.roc_auc_score(y == c, score[:, k]) for k, c in enumerate(classes) if 0 < int(np.sum(y == c)) < len(y)
+    ]
+    return float(np.mean(aucs)) if aucs else float("nan")
 
 
 def compute(task: str, y_true: Any, score: np.ndarray, threshold: float = 0.5, classes: Any = None) -> dict:
@@ -70,8 +79,10 @@ def compute(task: str, y_true: Any, score: np.ndarray, threshold: float = 0.5, c
     return {name: float(calc()) for name, calc in calculators.items()}
 
 
-def metric(task: str, name: str, y_true: Any, score: np.ndarray, threshold: float = 0.5) -> float:
-    return float(_calculators(task, np.asarray(y_true), score, threshold, None)[name]())
+def metric(
+    task: str, name: str, y_true: Any, score: np.ndarray, threshold: float = 0.5, classes: Any = None
+) -> float:
+    return float(_calculators(task, np.asarray(y_true), score, threshold, classes)[name]())
 
 
 def bootstrap_difference(
@@ -85,12 +96,13 @@ def bootstrap_difference(
     confidence: float,
     threshold: float = 0.5,
     seed: int = 0,
+    classes: Any = None,
 ) -> dict[str, float]:
     """Confidence interval of the improvement (challenger over champion, signed so that > 0 is better)."""
     y = np.asarray(y_true)
 
     def metric_value(labels: np.ndarray, score: np.ndarray) -> float:
-        return metric(task, name, labels, score, threshold)
+        return metric(task, name, labels, score, threshold, classes)
 
     sign = 1.0 if higher_is_better else -1.0
     point = sign * (metric_value(y, challenger) - metric_value(y, champion))

@@ -283,7 +283,7 @@ def evaluate(
     if "champion" in curves:
         comparison = bootstrap_difference(
             task, primary, config.higher_is_better, y, curves["challenger"], curves["champion"],
-            config.gate.bootstrap.resamples, config.gate.bootstrap.confidence, threshold,
+            config.gate.bootstrap.resamples, config.gate.bootstrap.confidence, threshold, classes=classes,
         )  # fmt: skip
     decision = decide(
         primary=primary,

@@ -18,39 +18,58 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lifecycle import storage
-from lifecycle.config import PipelineConfig, Source
-from lifecycle.ingestion import SourceError, read_source
+from lifecycle.config import PipelineConfig
+from lifecycle.ingestion import SourceError, in_window, join_source, query_source, read_source, source_files
 
 
 class ScoringBatchError(ValueError):
     """A scoring batch that cannot be scored; the message names the column or file at fault."""
 
 
-def _base_chunks(
-    source: Source, uri: str, chunk_size: int, work: Path, connection_urls: dict[str, str], day: dt.date
-) -> Iterator[pd.DataFrame]:
-    if source.sql is not None:
-        import sqlalchemy as sa
-
-        url = connection_urls.get(source.conn_id or "")
-        if not url:
-            raise SourceError(f"source {source.name!r}: connection {source.conn_id!r} is not defined")
-        engine = sa.create_engine(url)
-        try:
-            with engine.connect() as conn:
-                params = {"start": day, "end": day + dt.timedelta(days=1)}
-                yield from pd.read_sql_query(sa.text(source.sql), conn, params=params, chunksize=chunk_size)
-        finally:
-            engine.dispose()
-        return
-    if not storage.exists(uri):
-        raise SourceError(f"source {source.name!r}: no scoring input at {uri}")
+def _file_chunks(uri: str, fmt: str, chunk_size: int, work: Path) -> Iterator[pd.DataFrame]:
     path = storage.local_copy(uri, work)
-    if source.format == "csv" or uri.endswith(".csv"):
+    if fmt == "csv" or uri.endswith(".csv"):
         yield from pd.read_csv(path, chunksize=chunk_size)
         return
     for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_size):
         yield batch.to_pandas()
+
+
+def _base_chunks(
+    config: PipelineConfig,
+    input_uri: str | None,
+    chunk_size: int,
+    work: Path,
+    connection_urls: dict[str, str],
+    day: dt.date,
+) -> Iterator[pd.DataFrame]:
+    """The day's base rows, chunk by chunk: the given file, the day's partition, or the day's rows of the rest."""
+    base = config.sources[0]
+    next_day = day + dt.timedelta(days=1)
+    if input_uri is not None:  # a file chosen at trigger time is scored whole, whatever the source's kind
+        if not storage.exists(input_uri):
+            raise SourceError(f"input_uri {input_uri} does not exist")
+        yield from _file_chunks(input_uri, "csv" if input_uri.endswith(".csv") else "parquet", chunk_size, work)
+        return
+    if base.sql is not None:  # the query's :start/:end select the day
+        engine, statement, params = query_source(base, day, next_day, connection_urls)
+        try:
+            with engine.connect() as conn:
+                yield from pd.read_sql_query(statement, conn, params=params, chunksize=chunk_size)
+        finally:
+            engine.dispose()
+        return
+    if base.layout == "date_partitioned":
+        uri = (base.uri or "").format(date=day.isoformat())
+        if not storage.exists(uri):
+            raise SourceError(f"source {base.name!r}: no scoring input at {uri}")
+        yield from _file_chunks(uri, base.format, chunk_size, work)
+        return
+    # A single file or a glob holds many days: score only the rows stamped with the batch's day.
+    where = f"source {base.name!r}"
+    for uri in source_files(base, day, next_day):
+        for chunk in _file_chunks(uri, base.format, chunk_size, work):
+            yield in_window(chunk, config.timestamp_column, day, next_day, where)
 
 
 def stage_batch(
@@ -63,34 +82,41 @@ def stage_batch(
     """Read the day's base rows (or `input_uri`) chunk by chunk, join the other sources, stage as Parquet."""
     connection_urls = connection_urls or {}
     base, *others = config.sources
-    uri = input_uri or (base.uri or "").format(date=batch_date.isoformat())
+    described = input_uri or base.uri or f"source {base.name!r} (sql)"
+    if input_uri is None and base.uri is not None:
+        described = base.uri.format(date=batch_date.isoformat())
     lookups = [(s, read_source(s, batch_date, batch_date + dt.timedelta(days=1), connection_urls)) for s in others]
     chunk_size = config.prediction.chunk_size
     rows, writer = 0, None
     with tempfile.TemporaryDirectory() as work:
         staged = Path(work) / "batch.parquet"
         try:
-            for chunk in _base_chunks(base, uri, chunk_size, Path(work), connection_urls, batch_date):
+            for chunk in _base_chunks(config, input_uri, chunk_size, Path(work), connection_urls, batch_date):
+                if chunk.empty:
+                    continue
                 for source, lookup in lookups:
-                    assert source.join is not None
-                    chunk = chunk.merge(
-                        lookup, on=source.join.keys, how=source.join.how, suffixes=("", f"_{source.name}")
-                    )
+                    chunk = join_source(chunk, source, lookup)
                 table = pa.Table.from_pandas(chunk, preserve_index=False)
                 if writer is None:
                     writer = pq.ParquetWriter(staged, table.schema)
                 elif table.schema != writer.schema:
-                    table = _conform(table, writer.schema, uri)
+                    table = _conform(table, writer.schema, described)
                 writer.write_table(table, row_group_size=chunk_size)
                 rows += table.num_rows
         finally:
             if writer is not None:
                 writer.close()
         if rows == 0:
-            raise ScoringBatchError(f"scoring input {uri} has no rows for {batch_date}")
+            raise ScoringBatchError(f"scoring input {described} has no rows for {batch_date}")
         storage.upload_file(staged, out_uri)
         groups = pq.ParquetFile(staged).num_row_groups
-    return {"uri": out_uri, "input_uri": uri, "rows": rows, "row_groups": groups, "batch_key": batch_date.isoformat()}
+    return {
+        "uri": out_uri,
+        "input_uri": described,
+        "rows": rows,
+        "row_groups": groups,
+        "batch_key": batch_date.isoformat(),
+    }
 
 
 def _conform(table: pa.Table, schema: pa.Schema, uri: str) -> pa.Table:

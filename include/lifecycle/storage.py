@@ -137,6 +137,55 @@ def exists(uri: str) -> bool:
     return Path(key).exists()
 
 
+def glob(pattern: str) -> list[str]:
+    """The URIs matching a glob pattern (``*``, ``?``, ``[...]``, ``**``), sorted; local or s3://.
+
+    On S3 the listing starts at the pattern's literal prefix, so only that part of the bucket is read.
+    """
+    import glob as globlib
+
+    scheme, bucket, key = _split(pattern)
+    if scheme == "file":
+        found = sorted(globlib.glob(key, recursive=True))
+        return [f"file://{p}" if pattern.startswith("file://") else p for p in found]
+    prefix = re.split(r"[*?\[]", key, maxsplit=1)[0]
+    matcher = _glob_regex(key)
+    keys: list[str] = []
+    try:
+        for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            keys.extend(item["Key"] for item in page.get("Contents", []) if matcher.fullmatch(item["Key"]))
+    except Exception as err:
+        raise ArtifactStoreError(f"could not list {pattern}: {err}") from err
+    return [f"s3://{bucket}/{k}" for k in sorted(keys)]
+
+
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """A key pattern as a regex with the shell's meaning: ``*`` stays within one path segment."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[" and "]" in pattern[i + 1 :]:
+            end = pattern.index("]", i + 1)
+            body = pattern[i + 1 : end]
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out))
+
+
 def write_json(uri: str, payload: Any) -> str:
     return write_bytes(uri, json.dumps(payload, indent=2, sort_keys=True, default=str).encode())
 

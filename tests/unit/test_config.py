@@ -8,7 +8,16 @@ from typing import Any
 import pytest
 import yaml
 
-from lifecycle.config import ConfigError, PipelineConfig, expand_env, load_all, load_pipeline, with_training_overrides
+from lifecycle.config import (
+    ConfigError,
+    PipelineConfig,
+    check_all,
+    expand_env,
+    load_all,
+    load_pipeline,
+    load_pipelines,
+    with_training_overrides,
+)
 
 
 def write_yaml(directory: Path, data: dict[str, Any], name: str = "pipeline.yaml") -> Path:
@@ -136,17 +145,18 @@ def test_yaml_syntax_error_names_the_file(tmp_path):
     assert str(path) in str(info.value)
 
 
-def test_load_all_names_the_bad_file_and_never_skips_it(tmp_path, demo_dict):
+def test_a_bad_file_is_reported_by_name_and_field_and_the_good_ones_still_load(tmp_path, demo_dict):
     write_yaml(tmp_path, demo_dict, "a_good.yaml")
     bad = dict(demo_dict, name="other_pipeline")
     bad["training"] = dict(bad["training"], window_days="abc")
     bad_path = write_yaml(tmp_path, bad, "b_bad.yaml")
+    configs, errors = load_pipelines(tmp_path)
+    assert [c.name for c in configs] == ["demo_churn"]
+    assert len(errors) == 1 and str(bad_path) in errors[0] and "training.window_days" in errors[0]
+    assert [c.name for c in load_all(tmp_path)] == ["demo_churn"]
     with pytest.raises(ConfigError) as info:
-        load_all(tmp_path)
-    message = str(info.value)
-    assert str(bad_path) in message
-    assert "training.window_days" in message
-    assert "a_good.yaml" not in message
+        check_all(tmp_path)
+    assert str(bad_path) in str(info.value) and "a_good.yaml" not in str(info.value)
 
 
 def test_load_all_returns_every_good_pipeline(tmp_path, demo_dict):
@@ -155,11 +165,13 @@ def test_load_all_returns_every_good_pipeline(tmp_path, demo_dict):
     assert sorted(c.name for c in load_all(tmp_path)) == ["demo_churn", "two"]
 
 
-def test_load_all_rejects_duplicate_names(tmp_path, demo_dict):
+def test_duplicate_names_leave_both_files_out_and_name_each(tmp_path, demo_dict):
     write_yaml(tmp_path, demo_dict, "one.yaml")
     write_yaml(tmp_path, demo_dict, "two.yaml")
-    with pytest.raises(ConfigError, match="used twice: \\['demo_churn'\\]"):
-        load_all(tmp_path)
+    write_yaml(tmp_path, dict(demo_dict, name="three"), "three.yaml")
+    configs, errors = load_pipelines(tmp_path)
+    assert [c.name for c in configs] == ["three"]
+    assert len(errors) == 2 and all("'demo_churn' is used by more than one file" in e for e in errors)
 
 
 def test_expand_env_set_variable(monkeypatch):
