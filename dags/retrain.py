@@ -159,10 +159,10 @@ def build(config: PipelineConfig) -> DAG:
             return retrain.train_challenger(tuned, mlflow_run_id, features, tuned.training.grid, tuned.training.search)
 
         @task
-        def baseline(features: dict, **context) -> dict:
+        def baseline(mlflow_run_id: str, features: dict) -> dict:
             from lifecycle import retrain
 
-            return retrain.train_baseline(config, context["run_id"], features)
+            return retrain.train_baseline(config, mlflow_run_id, features)
 
         @task
         def score_and_decide(mlflow_run_id: str, features: dict, challenger: dict, base: dict, **context) -> dict:
@@ -191,7 +191,7 @@ def build(config: PipelineConfig) -> DAG:
             mlflow_run_id = start_mlflow_run(snap)
             features >> mlflow_run_id  # open no MLflow run for data that failed validation
             challenger = grid_search(mlflow_run_id, features)
-            base = baseline(features)
+            base = baseline(mlflow_run_id, features)
         with TaskGroup("evaluation"):
             evaluation = score_and_decide(mlflow_run_id, features, challenger, base)
             promoted = promote(mlflow_run_id, challenger, evaluation, snap)

@@ -24,12 +24,14 @@ def decide(
     baseline: dict[str, float],
     champion: dict[str, float] | None,
     comparison: dict[str, float] | None,
+    challenger_is_baseline: bool = False,
 ) -> dict[str, Any]:
     """Return the structured decision: every check, the verdict and the reason in words.
 
     A challenger is promoted only if it clears every floor, beats the baseline, and (when a champion
     exists) improves on it by at least `min_improvement` with the bootstrap interval's low end above zero,
-    so that noise on a small holdout cannot promote a model.
+    so that noise on a small holdout cannot promote a model. When model selection made the baseline
+    family itself the challenger, the baseline check is met by construction and says so.
     """
     if champion is not None and comparison is None:
         raise ValueError("a champion was given without its paired comparison: the gate cannot decide")
@@ -48,14 +50,23 @@ def decide(
         )
 
     edge = (challenger[primary] - baseline[primary]) * (1 if higher else -1)
-    checks.append(
-        {
-            "check": "baseline",
-            "passed": edge > 0,
-            "detail": f"{primary} {challenger[primary]:.4f} {'beats' if edge > 0 else 'does not beat'} "
-            f"the baseline's {baseline[primary]:.4f}",
-        }
-    )
+    if challenger_is_baseline:
+        checks.append(
+            {
+                "check": "baseline",
+                "passed": True,
+                "detail": f"the challenger is the baseline family itself ({primary} {baseline[primary]:.4f})",
+            }
+        )
+    else:
+        checks.append(
+            {
+                "check": "baseline",
+                "passed": edge > 0,
+                "detail": f"{primary} {challenger[primary]:.4f} {'beats' if edge > 0 else 'does not beat'} "
+                f"the baseline's {baseline[primary]:.4f}",
+            }
+        )
     if champion is not None and comparison is not None:
         improvement, low = comparison["improvement"], comparison["ci_low"]
         enough = improvement >= min_improvement

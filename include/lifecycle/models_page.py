@@ -75,6 +75,7 @@ class ModelVersion:
     gate_reason: str
     primary: float | None
     holdout: dict[str, float]
+    family: str | None = None  # the model family the gate's selection chose (lightgbm, linear)
     rollback_by: str | None = None
     rollback_at: str | None = None
     rollback_from: str | None = None
@@ -259,6 +260,7 @@ def load_mlflow(
                 gate_reason=tags.get("gate.reason", ""),
                 primary=holdout.get(primary),
                 holdout=holdout,
+                family=tags.get("model.family"),
                 rollback_by=tags.get("rollback.by"),
                 rollback_at=tags.get("rollback.at"),
                 rollback_from=tags.get("rollback.from"),
@@ -885,11 +887,12 @@ def _versions_table(view: PipelineView, links: Links) -> str:
             run += f' <a href="{_e(links.mlflow_run(view.name, v.mlflow_run_id))}">MLflow</a>'
         rows.append(
             f'<tr class="{"champion" if CHAMPION in v.aliases else ""}"><td>v{v.version}</td>'
-            f"<td>{_e(', '.join(v.aliases))}</td><td>{_e(_when(v.created_ms))}</td><td>{_fmt(v.primary)}</td>"
+            f"<td>{_e(', '.join(v.aliases))}</td><td>{_e(v.family or '')}</td><td>{_e(_when(v.created_ms))}</td>"
+            f"<td>{_fmt(v.primary)}</td>"
             f"<td>{_e(v.gate_reason)}</td><td>{rollback}</td><td>{run}</td></tr>"
         )
     return (
-        f'<table id="versions"><tr><th>version</th><th>alias</th><th>registered</th><th>{_e(view.primary_metric)}</th>'
+        f'<table id="versions"><tr><th>version</th><th>alias</th><th>family</th><th>registered</th><th>{_e(view.primary_metric)}</th>'
         f"<th>gate reason</th><th>rollback</th><th>runs</th></tr>{''.join(rows)}</table>"
     )
 

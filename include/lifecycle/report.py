@@ -61,7 +61,7 @@ def figure_png(task: str, y: np.ndarray, curves: dict[str, np.ndarray], model: A
         c.hist(y - curves["challenger"], bins=50)
         c.set(title="Residual distribution")
     else:
-        labels = np.unique(y)
+        labels = np.asarray(getattr(model, "classes_", np.unique(y)))  # the model's: a class may miss the holdout
         matrix = skm.confusion_matrix(y, labels[np.argmax(curves["challenger"], axis=1)], labels=labels)
         c.imshow(matrix, cmap="Blues")
         c.set(title="Confusion matrix", xlabel="predicted", ylabel="actual")
@@ -78,6 +78,24 @@ def figure_png(task: str, y: np.ndarray, curves: dict[str, np.ndarray], model: A
     fig.savefig(buffer, format="png", dpi=80)
     plt.close(fig)
     return buffer.getvalue()
+
+
+def _selection(decision: dict[str, Any]) -> str:
+    """Which model family became the challenger, and by how much, on validation and holdout."""
+    selection = decision.get("selection")
+    if not selection:
+        return ""
+    rows = "".join(
+        f"<tr><th>{html.escape(family)}{' (selected)' if family == selection['selected'] else ''}</th>"
+        + "".join(f"<td>{v:.4f}</td>" if isinstance(v, (int, float)) else "<td>-</td>" for v in values.values())
+        + "</tr>"
+        for family, values in selection["families"].items()
+    )
+    return (
+        f"<h2>Model selection</h2><p>{html.escape(selection['reason'])}</p>"
+        f"<table><tr><th>family</th><th>validation {html.escape(decision['primary_metric'])}</th>"
+        f"<th>holdout {html.escape(decision['primary_metric'])}</th></tr>{rows}</table><h2>Holdout metrics</h2>"
+    )
 
 
 def html_report(pipeline: str, decision: dict[str, Any], png: bytes) -> str:
@@ -103,6 +121,7 @@ def html_report(pipeline: str, decision: dict[str, Any], png: bytes) -> str:
 </head><body><h1>{html.escape(pipeline)}: evaluation</h1>
 <p><b>Verdict:</b> {html.escape(decision["verdict"])} ({html.escape(decision["mode"])} mode) &mdash;
 {html.escape(decision["reason"])}<br><b>Action:</b> {html.escape(decision["action"])}</p>
+{_selection(decision)}
 <table><tr><th>metric</th>{header}</tr>{"".join(rows)}</table>
 <h2>Checks</h2><ul>{checks}</ul>
 <img alt="evaluation plots" src="data:image/png;base64,{image}">

@@ -34,12 +34,6 @@ def _dump(obj: Any) -> bytes:
     return buffer.getvalue()
 
 
-def _load(uri: str) -> Any:
-    import joblib
-
-    return joblib.load(io.BytesIO(storage.read_bytes(uri)))
-
-
 def ingest(
     config: PipelineConfig,
     run_id: str,
@@ -138,12 +132,8 @@ def train_challenger(
 ) -> dict[str, Any]:
     """Search the grid, log every candidate as a nested run, log the refit best as one MLflow model."""
     import mlflow
-    import pandas as pd
     from mlflow.entities import Metric, Param, RunTag
-    from mlflow.models import infer_signature
 
-    from lifecycle.drift import numeric_profile
-    from lifecycle.metrics import scores
     from lifecycle.tracking import mlflow_client
     from lifecycle.training import candidates, fit_search
 
@@ -171,39 +161,59 @@ def train_challenger(
         client.set_terminated(child.info.run_id)
 
     model = search.best_estimator_
-    columns = summary["input_columns"]
-    example = train[columns].head(5)
-    validation = storage.read_parquet(features["splits"]["validation"])
-    validation_metrics = _metrics(config, model, validation, columns)
-    predict_fn = "predict" if config.task == "regression" else "predict_proba"
-    signature = infer_signature(example, scores(model, example, config.task) if config.task != "multiclass"
-                                else model.predict_proba(example))  # fmt: skip
-    reference = storage.read_json(features["drift_reference_uri"])
-    reference["prediction"] = numeric_profile(pd.Series(_score_column(config, model, validation[columns])))
+    logged = _log_model(config, mlflow_run_id, model, train, summary["input_columns"], features, "model")
     with mlflow.start_run(run_id=mlflow_run_id):
-        mlflow.log_dict(reference, "drift/reference.json")
         mlflow.log_params({f"best.{k}": v for k, v in summary["best_params"].items()})
         mlflow.log_params({"search.strategy": strategy, "search.candidates": summary["candidates"]})
         mlflow.log_metrics({"best_cv_score": summary["best_cv_score"], "search_seconds": summary["seconds"]})
-        mlflow.log_metrics({f"validation_{k}": v for k, v in validation_metrics.items()})
-        info = mlflow.sklearn.log_model(
-            model,
-            name="model",
-            signature=signature,
-            input_example=example,
-            pyfunc_predict_fn=predict_fn,
-            pip_requirements=_requirements(),
-            skops_trusted_types=SKOPS_TRUSTED_TYPES,
-            tags={"pipeline": config.name},
-        )
     return {
-        "model_uri": info.model_uri,
-        "model_id": getattr(info, "model_id", None),
+        **logged,
+        "family": "lightgbm",
         "best_params": summary["best_params"],
         "best_cv_score": summary["best_cv_score"],
         "search_seconds": summary["seconds"],
         "fits": summary["fits"],
+    }
+
+
+def _log_model(
+    config: PipelineConfig,
+    mlflow_run_id: str,
+    model: Any,
+    train: Any,
+    columns: list[str],
+    features: dict[str, Any],
+    name: str,
+) -> dict[str, Any]:
+    """Log a fitted pipeline as an MLflow model of the run, with its signature and validation metrics."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from lifecycle.metrics import scores
+
+    example = train[columns].head(5)
+    validation = storage.read_parquet(features["splits"]["validation"])
+    validation_metrics = _metrics(config, model, validation, columns)
+    predict_fn = "predict" if config.task == "regression" else "predict_proba"
+    output = model.predict_proba(example) if config.task == "multiclass" else scores(model, example, config.task)
+    with mlflow.start_run(run_id=mlflow_run_id):
+        prefix = "validation" if name == "model" else f"validation_{name}"
+        mlflow.log_metrics({f"{prefix}_{k}": v for k, v in validation_metrics.items() if v == v})
+        info = mlflow.sklearn.log_model(
+            model,
+            name=name,
+            signature=infer_signature(example, output),
+            input_example=example,
+            pyfunc_predict_fn=predict_fn,
+            pip_requirements=_requirements(),
+            skops_trusted_types=SKOPS_TRUSTED_TYPES,
+            tags={"pipeline": config.name, "model.family": "lightgbm" if name == "model" else "linear"},
+        )
+    return {
+        "model_uri": info.model_uri,
+        "model_id": getattr(info, "model_id", None),
         "input_columns": columns,
+        "validation": validation_metrics,
     }
 
 
@@ -231,13 +241,15 @@ def _metrics(config: PipelineConfig, model: Any, frame: Any, columns: list[str])
     )  # fmt: skip
 
 
-def train_baseline(config: PipelineConfig, run_id: str, features: dict[str, Any]) -> dict[str, Any]:
+def train_baseline(config: PipelineConfig, mlflow_run_id: str, features: dict[str, Any]) -> dict[str, Any]:
+    """The simple family: a candidate in its own right, logged as an MLflow model of the same run."""
+    from lifecycle.features import input_columns
     from lifecycle.training import fit_baseline
 
     train = storage.read_parquet(features["splits"]["train"])
     model = fit_baseline(config, train)
-    uri = storage.write_bytes(storage.artifact_uri(config.name, run_id, "training", "baseline.joblib"), _dump(model))
-    return {"baseline_uri": uri}
+    return {**_log_model(config, mlflow_run_id, model, train, input_columns(config, train), features, "baseline"),
+            "family": "linear"}  # fmt: skip
 
 
 def evaluate(
@@ -248,13 +260,16 @@ def evaluate(
     challenger: dict[str, Any],
     baseline: dict[str, Any],
 ) -> dict[str, Any]:
-    """Score challenger, baseline and champion on the same holdout rows and decide."""
+    """Select the family, then score challenger, baseline and champion on the same holdout rows and decide."""
     import mlflow
+    import pandas as pd
 
     from lifecycle import tracking
+    from lifecycle.drift import numeric_profile
     from lifecycle.gate import decide
-    from lifecycle.metrics import bootstrap_difference, scores
+    from lifecycle.metrics import bootstrap_difference, compute, scores
     from lifecycle.report import figure_png, html_report
+    from lifecycle.selection import select_family
 
     tracking.mlflow_client()
     holdout = storage.read_parquet(features["splits"]["holdout"])
@@ -262,12 +277,17 @@ def evaluate(
     y = holdout[config.target].to_numpy()
     task, primary, threshold = config.task, config.training.primary_metric, config.prediction.threshold
 
-    challenger_model = mlflow.sklearn.load_model(challenger["model_uri"])
-    baseline_model = _load(baseline["baseline_uri"])
-    curves = {
-        "challenger": scores(challenger_model, holdout[columns], task),
-        "baseline": scores(baseline_model, holdout[columns], task),
-    }
+    candidates = {c["family"]: c for c in (challenger, baseline)}
+    models = {family: mlflow.sklearn.load_model(c["model_uri"]) for family, c in candidates.items()}
+    family_curves = {family: scores(model, holdout[columns], task) for family, model in models.items()}
+    classes = getattr(models["lightgbm"], "classes_", None)
+    family_holdout = {f: compute(task, y, s, threshold, classes) for f, s in family_curves.items()}
+    selection = select_family(
+        primary, config.higher_is_better, {f: c["validation"] for f, c in candidates.items()}, family_holdout
+    )
+    chosen = candidates[selection["selected"]]
+    selected_model = models[selection["selected"]]
+    curves = {"challenger": family_curves[selection["selected"]], "baseline": family_curves["linear"]}
     champion_version = tracking.champion(config.registered_model_name)
     champion_info = None
     if champion_version is not None:
@@ -275,9 +295,6 @@ def evaluate(
         curves["champion"] = scores(champion_model, holdout[columns], task)
         champion_info = {"version": champion_version.version, "run_id": champion_version.run_id}
 
-    from lifecycle.metrics import compute
-
-    classes = getattr(challenger_model, "classes_", None)
     measured = {name: compute(task, y, s, threshold, classes) for name, s in curves.items()}
     comparison = None
     if "champion" in curves:
@@ -294,19 +311,28 @@ def evaluate(
         baseline=measured["baseline"],
         champion=measured.get("champion"),
         comparison=comparison,
+        challenger_is_baseline=selection["selected"] == "linear",
     )
     decision.update(
         {
             "pipeline": config.name,
             "airflow_run_id": run_id,
             "mlflow_run_id": mlflow_run_id,
-            "challenger_model_uri": challenger["model_uri"],
+            "selection": selection,
+            "challenger_family": selection["selected"],
+            "challenger_model_uri": chosen["model_uri"],
+            "family_holdout": family_holdout,
             "champion_version": champion_info,
             "holdout_rows": int(len(holdout)),
             "holdout_window": features["bounds"]["holdout"],
         }
     )
-    png = figure_png(task, y, curves, challenger_model, threshold)
+    # The drift reference's prediction profile belongs to the model that may become champion.
+    reference = storage.read_json(features["drift_reference_uri"])
+    validation = storage.read_parquet(features["splits"]["validation"])
+    reference["prediction"] = numeric_profile(pd.Series(_score_column(config, selected_model, validation[columns])))
+    reference["model_family"] = selection["selected"]
+    png = figure_png(task, y, curves, selected_model, threshold)
     page = html_report(config.name, decision, png)
     decision_uri = storage.write_json(
         storage.artifact_uri(config.name, run_id, "evaluation", "decision.json"), decision
@@ -316,13 +342,19 @@ def evaluate(
     )
     storage.write_bytes(storage.artifact_uri(config.name, run_id, "evaluation", "report.png"), png)
     with mlflow.start_run(run_id=mlflow_run_id):
-        for name, values in measured.items():
+        mlflow.log_dict(reference, "drift/reference.json")
+        for name, values in {**measured, **{f"family_{f}": m for f, m in family_holdout.items()}}.items():
             mlflow.log_metrics({f"holdout_{name}_{k}": v for k, v in values.items() if v == v})
         mlflow.log_dict(decision, "evaluation/decision.json")
         mlflow.log_text(page, "evaluation/report.html")
         mlflow.log_image(_png_image(png), "evaluation/report.png")
-        mlflow.set_tags({"gate.verdict": decision["verdict"], "gate.reason": decision["reason"][:5000]})
+        mlflow.set_tags({"gate.verdict": decision["verdict"], "gate.reason": decision["reason"][:5000],
+                         "selection.family": selection["selected"], "selection.reason": selection["reason"][:5000]})  # fmt: skip
     return {
+        "model_uri": chosen["model_uri"],
+        "model_id": chosen.get("model_id"),
+        "family": selection["selected"],
+        "selection_reason": selection["reason"],
         "decision_uri": decision_uri,
         "report_uri": report_uri,
         "verdict": decision["verdict"],
@@ -358,8 +390,12 @@ def promote(
     if action == "await approval":
         answer = approval_outcome(approval)
         action = "promote" if answer["gate.approval"] == "approved" else f"none ({answer['gate.approval']})"
+    # The gate's selected family (older evaluations, before selection, always meant the tuned model).
+    model_uri = evaluation.get("model_uri", challenger["model_uri"])
+    model_id = evaluation.get("model_id", challenger.get("model_id"))
     tags = {
         **answer,
+        "model.family": evaluation.get("family", "lightgbm"),
         "gate.verdict": evaluation["verdict"],
         "gate.reason": evaluation["reason"][:5000],
         "gate.decision_uri": evaluation["decision_uri"],
@@ -369,9 +405,9 @@ def promote(
     }
     version = None
     if action == "promote":
-        version = tracking.register_champion(challenger["model_uri"], config.registered_model_name, tags)
-    if challenger.get("model_id"):
-        client.set_logged_model_tags(challenger["model_id"], tags)
+        version = tracking.register_champion(model_uri, config.registered_model_name, tags)
+    if model_id:
+        client.set_logged_model_tags(model_id, tags)
     client.set_tag(mlflow_run_id, "gate.action", action)
     for key, value in answer.items():
         client.set_tag(mlflow_run_id, key, value)

@@ -114,7 +114,6 @@ def test_retrain_writes_every_artifact_to_the_bucket(trained_on_s3, s3_endpoint)
         "features/train.parquet",
         "features/holdout.parquet",
         "features/preprocessor.joblib",
-        "training/baseline.joblib",
         "evaluation/decision.json",
         "evaluation/report.html",
         "evaluation/report.png",
