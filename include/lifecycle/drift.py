@@ -3,10 +3,17 @@
 At production batch sizes every p-value is tiny, so drift is decided on effect sizes (PSI for numeric
 features and predictions, Jensen-Shannon distance for categorical ones); KS and chi-square statistics
 and p-values are reported as context only.
+
+A fixed effect-size threshold still cries wolf where sampling noise alone is large (many levels, small
+batches), so each statistic is also held against its noise floor: a high quantile of the same statistic
+between two samples drawn from the reference, one of the batch's size and one of the reference's.
+Columns that move by design (`expected_to_move`) are measured and reported but never decide the verdict.
 """
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -15,6 +22,7 @@ import pandas as pd
 MISSING = "__missing__"
 SAMPLE = 2000
 EPS = 1e-4
+NOISE_DRAWS = 1000  # multinomial draws per noise floor: O(bins) each, whatever the batch size
 
 
 def _edges(values: np.ndarray, bins: int) -> list[float]:
@@ -36,6 +44,7 @@ def numeric_profile(values: pd.Series, bins: int = 10, seed: int = 0) -> dict[st
         "edges": edges,
         "fractions": _fractions(present, edges),
         "missing": float(values.isna().mean()),
+        "count": int(len(present)),
         "mean": float(present.mean()) if len(present) else None,
         "sample": [round(float(v), 6) for v in sample],
     }
@@ -43,7 +52,8 @@ def numeric_profile(values: pd.Series, bins: int = 10, seed: int = 0) -> dict[st
 
 def categorical_profile(values: pd.Series) -> dict[str, Any]:
     filled = values.astype(object).where(values.notna(), MISSING).astype(str)
-    return {"frequencies": {str(k): float(v) for k, v in filled.value_counts(normalize=True).items()}}
+    frequencies = {str(k): float(v) for k, v in filled.value_counts(normalize=True).items()}
+    return {"frequencies": frequencies, "count": int(len(filled))}
 
 
 def reference_profile(frame: pd.DataFrame, numeric: list[str], categorical: list[str]) -> dict[str, Any]:
@@ -55,26 +65,78 @@ def reference_profile(frame: pd.DataFrame, numeric: list[str], categorical: list
     }
 
 
-def psi(reference: list[float], current: list[float]) -> float:
-    """Population stability index over the same bins."""
+def _psi(reference: np.ndarray, current: np.ndarray) -> np.ndarray:
     ref = np.clip(np.asarray(reference, dtype=float), EPS, None)
     cur = np.clip(np.asarray(current, dtype=float), EPS, None)
-    return float(np.sum((cur - ref) * np.log(cur / ref)))
+    return np.sum((cur - ref) * np.log(cur / ref), axis=-1)
 
 
-def _numeric_drift(profile: dict[str, Any], values: pd.Series, threshold: float) -> dict[str, Any]:
+def _js(reference: np.ndarray, current: np.ndarray) -> np.ndarray:
+    from scipy.spatial.distance import jensenshannon
+
+    return jensenshannon(reference, current, base=2, axis=-1)
+
+
+def psi(reference: list[float], current: list[float]) -> float:
+    """Population stability index over the same bins."""
+    return float(_psi(np.asarray(reference), np.asarray(current)))
+
+
+def noise_floor(
+    name: str,
+    fractions: list[float],
+    n: int,
+    reference_count: int | None,
+    quantile: float,
+    statistic: Callable[[np.ndarray, np.ndarray], np.ndarray],
+) -> float:
+    """The `quantile` of `statistic` when nothing drifted: reference vs a batch of `n` drawn from it.
+
+    Each draw also resamples the reference at its own size when that is known: a reference estimated
+    from 20,000 rows is itself noisy, and at large batches that noise dominates. Seeded from the name and
+    `n`, so a rerun of a check gives the same floor.
+    """
+    p = np.clip(np.asarray(fractions, dtype=float), 0.0, None)
+    if n <= 0 or p.sum() <= 0:
+        return 0.0
+    p = p / p.sum()
+    rng = np.random.default_rng([zlib.crc32(name.encode()), n])
+    current = rng.multinomial(n, p, size=NOISE_DRAWS) / n
+    if reference_count:
+        reference = rng.multinomial(reference_count, p, size=NOISE_DRAWS) / reference_count
+    else:
+        reference = np.broadcast_to(p, current.shape)
+    return float(np.quantile(statistic(reference, current), quantile))
+
+
+def _reference_count(profile: dict[str, Any], rows: int | None) -> int | None:
+    """Rows behind a profile; references written before "count" existed fall back to the frame's rows."""
+    if "count" in profile:
+        return int(profile["count"])
+    return None if rows is None else round(rows * (1.0 - profile.get("missing", 0.0)))
+
+
+def _decide(value: float, threshold: float, floor: float) -> dict[str, Any]:
+    effective = max(threshold, floor)
+    return {"value": value, "threshold": threshold, "noise_floor": floor, "effective_threshold": effective,
+            "drifted": bool(value >= effective)}  # fmt: skip
+
+
+def _numeric_drift(
+    name: str, profile: dict[str, Any], values: pd.Series, threshold: float, quantile: float, rows: int | None
+) -> dict[str, Any]:
     from scipy import stats
 
     present = pd.to_numeric(values, errors="coerce").dropna().to_numpy(dtype=float)
     current = _fractions(present, profile["edges"])
     value = psi(profile["fractions"], current)
+    floor = noise_floor(name, profile["fractions"], len(present), _reference_count(profile, rows), quantile, _psi)
     ks = stats.ks_2samp(profile["sample"], present) if len(present) and profile["sample"] else None
     return {
         "kind": "numeric",
         "metric": "psi",
-        "value": value,
-        "threshold": threshold,
-        "drifted": value >= threshold,
+        **_decide(value, threshold, floor),
+        "count": int(len(present)),
         "statistic": float(ks.statistic) if ks else None,
         "p_value": float(ks.pvalue) if ks else None,
         "test": "ks",
@@ -86,15 +148,17 @@ def _numeric_drift(profile: dict[str, Any], values: pd.Series, threshold: float)
     }
 
 
-def _categorical_drift(profile: dict[str, Any], values: pd.Series, threshold: float) -> dict[str, Any]:
+def _categorical_drift(
+    name: str, profile: dict[str, Any], values: pd.Series, threshold: float, quantile: float, rows: int | None
+) -> dict[str, Any]:
     from scipy import stats
-    from scipy.spatial.distance import jensenshannon
 
     current = categorical_profile(values)["frequencies"]
     categories = sorted(set(profile["frequencies"]) | set(current))
     ref = np.array([profile["frequencies"].get(c, 0.0) for c in categories])
     cur = np.array([current.get(c, 0.0) for c in categories])
-    distance = float(jensenshannon(ref, cur, base=2))
+    distance = float(_js(ref, cur))
+    floor = noise_floor(name, ref.tolist(), len(values), _reference_count(profile, rows), quantile, _js)
     observed = cur * len(values)
     expected = np.clip(ref, EPS, None)
     expected = expected / expected.sum() * observed.sum()
@@ -102,9 +166,8 @@ def _categorical_drift(profile: dict[str, Any], values: pd.Series, threshold: fl
     return {
         "kind": "categorical",
         "metric": "jensen_shannon",
-        "value": distance,
-        "threshold": threshold,
-        "drifted": distance >= threshold,
+        **_decide(distance, threshold, floor),
+        "count": int(len(values)),
         "statistic": float(chi.statistic),
         "p_value": float(chi.pvalue),
         "test": "chi_square",
@@ -121,25 +184,40 @@ def check(
     thresholds: Any,
     performance: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Compare one batch with the reference; return per-feature results and the dataset verdict."""
+    """Compare one batch with the reference; return per-feature results and the dataset verdict.
+
+    Features in `thresholds.expected_to_move` get their own `drifted` flag but are left out of
+    `drifted_features`, `drifted_share` and the verdict: a month column moves every month by design.
+    """
+    quantile = getattr(thresholds, "noise_quantile", 0.99)
+    expected = set(getattr(thresholds, "expected_to_move", None) or ())
+    rows = reference.get("rows")
     features: dict[str, dict[str, Any]] = {}
     for column, profile in reference["numeric"].items():
         if column in frame:
-            features[column] = _numeric_drift(profile, frame[column], thresholds.psi_threshold)
+            features[column] = _numeric_drift(column, profile, frame[column], thresholds.psi_threshold, quantile, rows)
     for column, profile in reference["categorical"].items():
         if column in frame:
-            features[column] = _categorical_drift(profile, frame[column], thresholds.js_threshold)
-    drifted = sorted(c for c, r in features.items() if r["drifted"])
-    share = len(drifted) / max(1, len(features))
+            features[column] = _categorical_drift(
+                column, profile, frame[column], thresholds.js_threshold, quantile, rows
+            )
+    for column, result in features.items():
+        result["expected_to_move"] = column in expected
+    counted = [c for c in features if c not in expected]
+    drifted = sorted(c for c in counted if features[c]["drifted"])
+    share = len(drifted) / max(1, len(counted))
     prediction = None
     if scores is not None and reference.get("prediction"):
-        prediction = _numeric_drift(reference["prediction"], pd.Series(scores), thresholds.prediction_psi_threshold)
+        prediction = _numeric_drift(
+            "__prediction__", reference["prediction"], pd.Series(scores), thresholds.prediction_psi_threshold,
+            quantile, None,
+        )  # fmt: skip
         prediction["kind"] = "prediction"
     reasons = []
     if share >= thresholds.dataset_share:
-        reasons.append(f"{len(drifted)} of {len(features)} features drifted ({', '.join(drifted)})")
+        reasons.append(f"{len(drifted)} of {len(counted)} features drifted ({', '.join(drifted)})")
     if prediction and prediction["drifted"]:
-        reasons.append(f"prediction PSI {prediction['value']:.3f} ≥ {thresholds.prediction_psi_threshold}")
+        reasons.append(f"prediction PSI {prediction['value']:.3f} ≥ {prediction['effective_threshold']:.3g}")
     if performance and performance["drop"] > thresholds.max_performance_drop:
         reasons.append(
             f"{performance['metric']} fell {performance['drop']:.3f} below the holdout's "
@@ -150,6 +228,8 @@ def check(
         "features": features,
         "drifted_features": drifted,
         "drifted_share": share,
+        "expected_to_move": sorted(c for c in features if c in expected),
+        "noise_quantile": quantile,
         "prediction": prediction,
         "performance": performance,
         "dataset_drift": bool(reasons),

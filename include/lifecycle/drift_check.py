@@ -136,7 +136,7 @@ def _histograms(result: dict[str, Any]) -> bytes:
         x = np.arange(len(labels))
         ax.bar(x - 0.2, r["reference_fractions"], 0.4, label="reference")
         ax.bar(x + 0.2, r["current_fractions"], 0.4, label="current")
-        ax.set_title(f"{name}: {r['metric']} {r['value']:.3f}" + (" DRIFT" if r["drifted"] else ""), fontsize=9)
+        ax.set_title(f"{name}: {r['metric']} {r['value']:.3f}" + _flag(r).upper(), fontsize=9)
         ax.set_xticks(x, labels if r.get("categories") else [""] * len(x), fontsize=6, rotation=45)
     for ax in list(axes.flat)[len(items) :]:
         ax.axis("off")
@@ -148,25 +148,46 @@ def _histograms(result: dict[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
+def _flag(r: dict[str, Any]) -> str:
+    """What a feature's row says: expected-to-move columns moving is news, not drift."""
+    if r.get("expected_to_move"):
+        return " expected to move: moved" if r["drifted"] else " expected to move"
+    return " drift" if r["drifted"] else ""
+
+
 def html_report(pipeline: str, result: dict[str, Any]) -> str:
     def fmt(value: Any) -> str:
         return "-" if value is None else f"{value:.4g}"
 
-    drifted_row = ' style="background:#fdd"'
+    def style(r: dict[str, Any]) -> str:
+        if r.get("expected_to_move"):
+            return ' style="background:#eef"'
+        return ' style="background:#fdd"' if r["drifted"] else ""
+
     rows = "".join(
-        f"<tr{drifted_row if r['drifted'] else ''}><td>{html.escape(name)}</td><td>{r['kind']}</td>"
-        f"<td>{r['metric']}</td><td>{fmt(r['value'])}</td><td>{fmt(r['threshold'])}</td>"
+        f"<tr{style(r)}><td>{html.escape(name)}</td><td>{r['kind']}</td><td>{html.escape(_flag(r).strip() or 'ok')}"
+        f"</td><td>{r['metric']}</td><td>{fmt(r['value'])}</td><td>{fmt(r['threshold'])}</td>"
+        f"<td>{fmt(r.get('noise_floor'))}</td><td>{fmt(r.get('effective_threshold', r['threshold']))}</td>"
         f"<td>{r['test']}</td><td>{fmt(r['statistic'])}</td><td>{fmt(r['p_value'])}</td></tr>"
         for name, r in sorted(result["features"].items())
     )
     image = base64.b64encode(_histograms(result)).decode()
     policy = result.get("policy", {})
+    moving = result.get("expected_to_move") or []
+    expected = (
+        f"<b>Expected to move</b> (reported, never counted toward dataset drift): {html.escape(', '.join(moving))}<br>"
+        if moving
+        else ""
+    )
+    quantile = result.get("noise_quantile")
+    floor = f" (the {quantile:.3g} quantile of the statistic under the reference at this size)" if quantile else ""
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(pipeline)} drift</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:3px 8px;border-bottom:1px solid #ddd}}</style></head>
 <body><h1>{html.escape(pipeline)}: drift on {result["batch_key"]}</h1>
 <p><b>Dataset drift:</b> {result["dataset_drift"]} &mdash; {html.escape(result["reason"])}<br>
 <b>Retrain:</b> {policy.get("retrain")} &mdash; {html.escape(str(policy.get("reason", "")))}<br>
-Decided on effect sizes; test statistics and p-values are context only.</p>
-<table><tr><th>feature</th><th>kind</th><th>effect</th><th>value</th><th>threshold</th><th>test</th>
-<th>statistic</th><th>p-value</th></tr>{rows}</table>
+{expected}Decided on effect sizes; test statistics and p-values are context only. A feature drifts when its effect
+reaches the effective threshold: the larger of the configured threshold and the noise floor{floor}.</p>
+<table><tr><th>feature</th><th>kind</th><th>status</th><th>effect</th><th>value</th><th>threshold</th>
+<th>noise floor</th><th>effective threshold</th><th>test</th><th>statistic</th><th>p-value</th></tr>{rows}</table>
 <img alt="reference vs current" src="data:image/png;base64,{image}"></body></html>"""

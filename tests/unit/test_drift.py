@@ -1,4 +1,5 @@
-"""Drift: injected drift is flagged, stationary batches are not, and the retrain policy holds its rules."""
+"""Drift: injected drift is flagged, stationary batches are not (even with ~100 levels), calendar columns are
+reported but never decide, and the retrain policy holds its rules."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pandas as pd
 import pytest
 
 from lifecycle import demo_data, drift
-from lifecycle.config import load_pipeline
+from lifecycle.config import Drift, load_pipeline
+from lifecycle.drift_check import html_report
 
 DRIFT_FROM = dt.date(2026, 3, 10)
 
@@ -55,6 +57,15 @@ def test_injected_drift_is_flagged_with_the_drifted_features(config, reference):
         assert result["features"]["days_since_last_login"]["p_value"] < 1e-6
 
 
+def test_injected_drift_is_flagged_by_the_noise_aware_rule_as_by_the_fixed_one(config, reference):
+    # At 800 rows and a dozen levels at most, every noise floor is under the configured threshold: nothing lost.
+    for day in (DRIFT_FROM, DRIFT_FROM + dt.timedelta(days=1), DRIFT_FROM + dt.timedelta(days=3)):
+        result = drift.check(reference, _day(day), None, config.drift)
+        fixed = sorted(c for c, r in result["features"].items() if r["value"] >= r["threshold"])
+        assert result["drifted_features"] == fixed
+        assert {"days_since_last_login", "device", "sessions_30d", "plan_change"} <= set(fixed)
+
+
 def test_prediction_drift_uses_the_reference_score_bins(config, reference):
     rng = np.random.default_rng(0)
     reference = {**reference, "prediction": drift.numeric_profile(pd.Series(rng.beta(1, 8, 5000)))}
@@ -68,6 +79,78 @@ def test_performance_drop_on_labelled_batches_is_dataset_drift(config, reference
     performance = {"metric": "roc_auc", "holdout": 0.77, "current": 0.65, "drop": 0.12, "threshold": 0.05, "rows": 800}
     result = drift.check(reference, _day(dt.date(2026, 2, 1)), None, config.drift, performance)
     assert result["dataset_drift"] and "roc_auc fell 0.120" in result["reason"]
+
+
+LEVELS = [f"m{i:03d}" for i in range(100)]
+ZIPF = 1.0 / np.arange(1, 101) ** 1.1
+ZIPF /= ZIPF.sum()
+NUMERIC, CATEGORICAL = ["amount", "items", "refunds", "latency"], ["merchant", "channel"]
+
+
+def _stationary(rows: int, seed: int, month: int = 1) -> pd.DataFrame:
+    """Nothing drifts: a ~100-level Zipf categorical, a small one, continuous, few-level and skewed numerics."""
+    rng = np.random.default_rng([11, seed])
+    return pd.DataFrame(
+        {
+            "merchant": rng.choice(LEVELS, rows, p=ZIPF),
+            "channel": rng.choice(["web", "app", "store"], rows, p=[0.5, 0.3, 0.2]),
+            "amount": rng.normal(50.0, 10.0, rows),
+            "items": rng.poisson(1.5, rows).astype(float),
+            "refunds": rng.binomial(3, 0.05, rows).astype(float),
+            "latency": rng.lognormal(0.0, 1.2, rows),
+            "month": np.full(rows, month),
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def stationary_results():
+    train = pd.concat([_stationary(1000, 1000 + i) for i in range(20)])
+    reference = drift.reference_profile(train, NUMERIC, CATEGORICAL)
+    return [drift.check(reference, _stationary(1000, i), None, Drift()) for i in range(1, 61)]
+
+
+def test_stationary_batches_with_a_hundred_levels_do_not_cry_wolf(stationary_results):
+    features = NUMERIC + CATEGORICAL
+    new = {f: np.mean([r["features"][f]["drifted"] for r in stationary_results]) for f in features}
+    old = {f: np.mean([r["features"][f]["value"] >= r["features"][f]["threshold"] for r in stationary_results])
+           for f in features}  # fmt: skip
+    print(f"\nfalse alarms over {len(stationary_results)} stationary 1,000-row batches (fixed -> noise-aware): "
+          + ", ".join(f"{f} {old[f]:.0%} -> {new[f]:.0%}" for f in features))  # fmt: skip
+    assert max(new.values()) <= 0.05, new
+    assert old["merchant"] > 0.05, "the fixed JS threshold alone fires on sampling noise with 100 levels"
+    assert not any(r["dataset_drift"] for r in stationary_results)
+
+
+def test_noise_floor_is_recorded_deterministic_and_shrinks_with_the_batch(stationary_results):
+    merchant = stationary_results[0]["features"]["merchant"]
+    assert merchant["threshold"] == Drift().js_threshold
+    assert merchant["effective_threshold"] == max(merchant["threshold"], merchant["noise_floor"])
+    assert merchant["noise_floor"] > merchant["threshold"]  # ~100 levels at 1,000 rows: noise alone passes 0.1
+    p = [merchant["reference_fractions"][i] for i in range(len(merchant["categories"]))]
+    floors = [drift.noise_floor("merchant", p, n, 20_000, 0.99, drift._js) for n in (200, 1000, 10_000)]
+    assert floors == sorted(floors, reverse=True)
+    assert floors[1] == drift.noise_floor("merchant", p, 1000, 20_000, 0.99, drift._js)
+
+
+def test_expected_to_move_columns_are_reported_but_never_decide():
+    train = pd.concat([_stationary(1000, 1000 + i, month=1 + i // 10) for i in range(20)])  # January and February
+    reference = drift.reference_profile(train, [*NUMERIC, "month"], CATEGORICAL)
+    march = _stationary(1000, 99, month=3)
+    plain = drift.check(reference, march, None, Drift(dataset_share=0.1))
+    assert plain["features"]["month"]["value"] > 4 and plain["drifted_features"] == ["month"]
+    assert plain["dataset_drift"]
+
+    result = drift.check(reference, march, None, Drift(dataset_share=0.1, expected_to_move=["month"]))
+    month = result["features"]["month"]
+    assert month["drifted"] and month["expected_to_move"] and month["value"] > 4
+    assert result["expected_to_move"] == ["month"]
+    assert result["drifted_features"] == [] and result["drifted_share"] == 0.0
+    assert not result["dataset_drift"] and result["reason"] == "no drift"
+
+    page = html_report("stationary", {**result, "batch_key": "2026-03-01"})
+    assert "<td>month</td><td>numeric</td><td>expected to move: moved</td>" in page
+    assert "<th>effective threshold</th>" in page
 
 
 POLICY = SimpleNamespace(window=3, min_drifted=2, cooldown_days=7)
