@@ -480,10 +480,11 @@ def rollback(
     if str(getattr(chosen, "status", "READY")) not in ("READY", "ModelVersionStatus.READY"):
         raise RollbackError(f"version {target} of {model_name} is {chosen.status}, not READY", status=409)
     at = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC).isoformat(timespec="seconds")
-    client.set_registered_model_alias(model_name, CHAMPION, target)
+    # The audit tags first: a rollback that dies half-way leaves a record, never an unexplained alias move.
     tags = {"rollback.by": user, "rollback.at": at, "rollback.from": current_version or "", "rollback.reason": reason}
     for key, value in tags.items():
         client.set_model_version_tag(model_name, target, key, value[:5000])
+    client.set_registered_model_alias(model_name, CHAMPION, target)
     return {"model": model_name, "champion": int(target), "previous": current_version, "by": user, "at": at}
 
 

@@ -405,7 +405,9 @@ def promote(
     }
     version = None
     if action == "promote":
-        version = tracking.register_champion(model_uri, config.registered_model_name, tags)
+        version = tracking.register_champion(
+            model_uri, config.registered_model_name, tags, mlflow_run_id, evaluation.get("champion_version")
+        )
     if model_id:
         client.set_logged_model_tags(model_id, tags)
     client.set_tag(mlflow_run_id, "gate.action", action)
@@ -432,7 +434,12 @@ def approval_outcome(approval: dict[str, Any] | None) -> dict[str, str]:
     chosen = list(approval.get("chosen_options") or [])
     user = approval.get("responded_by_user") or {}
     who = (user.get("name") or user.get("id") or "") if isinstance(user, dict) else str(user)
-    if approval.get("timedout"):
-        return {"gate.approval": "timed out: champion kept", "gate.approved_by": ""}
+    # Airflow's HITL result drops its `timedout` flag; a request nobody answered has no responder.
+    if approval.get("timedout") or not who:
+        return {
+            "gate.approval": "timed out: champion kept",
+            "gate.approved_by": "",
+            "gate.timed_out_at": str(approval.get("responded_at", "")),
+        }
     state = "approved" if chosen == ["Approve"] else "rejected by a person: champion kept"
     return {"gate.approval": state, "gate.approved_by": who, "gate.approved_at": str(approval.get("responded_at", ""))}

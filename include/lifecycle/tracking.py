@@ -55,18 +55,59 @@ def champion_uri(model_name: str) -> str:
     return f"models:/{model_name}@{CHAMPION}"
 
 
-def register_champion(model_uri: str, model_name: str, tags: dict[str, str]) -> str:
-    """Register the model and move the alias to it; the old champion keeps its version for rollback."""
+class ChampionMovedError(RuntimeError):
+    """The champion changed between the gate's decision and the alias move: the decision is stale."""
+
+
+def version_for_run(model_name: str, run_id: str, model_uri: str) -> Any | None:
+    """The version already registered from this run's model, if a previous attempt got that far."""
+    client = mlflow_client()
+    for version in client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'"):
+        if version.source == model_uri or (version.tags or {}).get("lifecycle.model_uri") == model_uri:
+            return version
+    return None
+
+
+def register_champion(
+    model_uri: str,
+    model_name: str,
+    tags: dict[str, str],
+    run_id: str,
+    expected_champion: str | None,
+) -> str:
+    """Register the model once and move the alias only if the champion is still the one the gate judged against.
+
+    Safe under Airflow's retries: a second attempt finds the version the first one registered (find before
+    create), and one whose alias move already happened returns that version. If someone or something moved
+    the champion since the decision (a rollback during an approval wait, another retrain), nothing is
+    moved and the error names both versions.
+    """
     import mlflow
 
     client = mlflow_client()
     try:
         client.get_registered_model(model_name)
     except mlflow.exceptions.MlflowException:
-        client.create_registered_model(model_name, description="Registered by the lifecycle evaluation gate.")
-    version = mlflow.register_model(model_uri, model_name, tags=tags)
-    previous = champion(model_name)
-    if previous is not None:
-        client.set_model_version_tag(model_name, version.version, "previous_champion", previous.version)
-    client.set_registered_model_alias(model_name, CHAMPION, version.version)
-    return str(version.version)
+        try:
+            client.create_registered_model(model_name, description="Registered by the lifecycle evaluation gate.")
+        except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel task
+            client.get_registered_model(model_name)
+    version = version_for_run(model_name, run_id, model_uri)
+    if version is None:
+        version = mlflow.register_model(model_uri, model_name, tags={**tags, "lifecycle.model_uri": model_uri})
+    number = str(version.version)
+    current = champion(model_name)
+    current_number = str(current.version) if current is not None else None
+    if current_number == number:
+        return number
+    expected = str(expected_champion) if expected_champion is not None else None
+    if current_number != expected:
+        raise ChampionMovedError(
+            f"models:/{model_name}@{CHAMPION} is version {current_number}, but the gate compared against "
+            f"{'no champion' if expected is None else f'version {expected}'}: version {number} is registered "
+            "and not promoted; run the retrain again to decide against the current champion"
+        )
+    if current_number is not None:
+        client.set_model_version_tag(model_name, number, "previous_champion", current_number)
+    client.set_registered_model_alias(model_name, CHAMPION, number)
+    return number
