@@ -51,14 +51,18 @@ def _ensure(engine: sa.Engine, metrics_table: str) -> tuple[sa.Table, sa.Table]:
 
 
 def metric_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per statistic: the threshold that decided (noise floor included) and whether it counted.
+
+    A column expected to move is stored as not drifted: the table answers "what made the verdict".
+    """
     rows = [
         {
             "feature": name,
             "kind": r["kind"],
             "metric": r["metric"],
             "value": r["value"],
-            "threshold": r["threshold"],
-            "drifted": bool(r["drifted"]),
+            "threshold": r.get("effective_threshold", r["threshold"]),
+            "drifted": bool(r["drifted"]) and not r.get("expected_to_move"),
             "test": r["test"],
             "statistic": r["statistic"],
             "p_value": r["p_value"],
@@ -69,7 +73,8 @@ def metric_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
         p = result["prediction"]
         rows.append(
             {"feature": "__prediction__", "kind": "prediction", "metric": "psi", "value": p["value"],
-             "threshold": p["threshold"], "drifted": bool(p["drifted"]), "test": p["test"],
+             "threshold": p.get("effective_threshold", p["threshold"]), "drifted": bool(p["drifted"]),
+             "test": p["test"],
              "statistic": p["statistic"], "p_value": p["p_value"]}
         )  # fmt: skip
     if result["performance"]:

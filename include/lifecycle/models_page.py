@@ -104,10 +104,11 @@ class Batch:
 @dataclass
 class DriftSeries:
     metric: str  # "psi" or "jensen_shannon"
-    threshold: float | None
+    threshold: float | None  # the configured one; each point's own (noise floor included) decided `flagged`
     batches: list[str]
     values: dict[str, list[float | None]]  # feature -> one value per batch (None where not measured)
-    drifted: dict[str, int]  # feature -> batches over the threshold
+    drifted: dict[str, int]  # feature -> batches where it counted as drifted
+    flagged: dict[str, list[bool]] = field(default_factory=dict)  # feature -> drifted per batch
 
 
 @dataclass
@@ -394,18 +395,20 @@ def _series(rows: list[tuple], metric: str, default_threshold: float) -> DriftSe
     index = {b: i for i, b in enumerate(batches)}
     values: dict[str, list[float | None]] = {}
     drifted: dict[str, int] = {}
-    threshold = default_threshold
-    for day, feature, _, value, limit, over, _ in chosen:
+    flagged: dict[str, list[bool]] = {}
+    for day, feature, _, value, _limit, over, _ in chosen:
         name = "prediction" if feature == "__prediction__" else feature
         line = values.get(name)
         if line is None:
             line = values[name] = [None] * len(batches)
+            flagged[name] = [False] * len(batches)
             drifted[name] = 0
         line[index[day]] = value if value is not None and math.isfinite(value) else None
+        flagged[name][index[day]] = bool(over)
         drifted[name] += bool(over)
-        if limit is not None and name != "prediction":
-            threshold = limit  # the newest batch's, as the rows are ordered by batch
-    return DriftSeries(metric=metric, threshold=threshold, batches=batches, values=values, drifted=drifted)
+    return DriftSeries(
+        metric=metric, threshold=default_threshold, batches=batches, values=values, drifted=drifted, flagged=flagged
+    )
 
 
 def pipeline_view(
@@ -675,7 +678,7 @@ def drift_chart(series: DriftSeries | None, chart_id: str, label: str) -> str:
                 )
         if series.threshold is not None and sum(series.drifted.values()) <= MAX_MARKERS:
             for i, value in enumerate(line):
-                if value is not None and value > series.threshold:
+                if value is not None and series.flagged.get(feature, [False] * len(line))[i]:
                     parts.append(
                         f'<circle cx="{frame.x(i):.1f}" cy="{frame.y(value):.1f}" r="3" fill="{color}">'
                         f"<title>{_e(feature)} {series.batches[i]}: {value:.3f}</title></circle>"
