@@ -89,18 +89,21 @@ def build(config: PipelineConfig) -> DAG:
             return batch_predict.validate_batch(config, context["run_id"], batch, champion)
 
         @task
+        @fail_fast_on_bad_input
         def plan_partitions(batch: dict, _checked: dict, **context) -> list[list[int]]:
             from lifecycle import batch_predict
 
             return batch_predict.plan_partitions(batch, context["params"]["partitions"])
 
         @task
+        @fail_fast_on_bad_input
         def score_partition(row_groups: list[int], batch: dict, champion: dict, **context) -> dict:
             from lifecycle import batch_predict
 
             return batch_predict.score(config, context["run_id"], batch, champion, row_groups)
 
         @task(outlets=[predictions])
+        @fail_fast_on_bad_input
         def write_predictions(batch: dict, champion: dict, parts: list[dict], **context) -> dict:
             from lifecycle import batch_predict
 

@@ -73,6 +73,7 @@ def build(config: PipelineConfig) -> DAG:
             return sorted({e["batch_key"]: e for e in events}.values(), key=lambda e: e["batch_key"])
 
         @task.short_circuit
+        @fail_fast_on_bad_input
         def policy_fires(checks: list[dict]) -> bool:
             for check in checks:
                 print(f"{check['batch_key']}: dataset drift {check['dataset_drift']} ({check['reason']}); "
@@ -80,10 +81,18 @@ def build(config: PipelineConfig) -> DAG:
             return any(check["retrain"] for check in checks)
 
         @task(outlets=[retrain_request])
+        @fail_fast_on_bad_input
         def request_retrain(checks: list[dict], **context) -> dict:
+            from lifecycle import drift_check
+
             check = [c for c in checks if c["retrain"]][-1]
+            reason = f"drift on {check['batch_key']}: {check['reason']}"
+            url = sqlalchemy_url(config.prediction.conn_id)
+            drift_check.record_retrain_request(
+                config, context["run_id"], check["batch_key"], f"{reason} ({check['policy_reason']})", url
+            )
             extra = {
-                "reason": f"drift on {check['batch_key']}: {check['reason']}",
+                "reason": reason,
                 "batch_key": check["batch_key"],
                 "as_of_date": pendulum.parse(check["batch_key"]).add(days=1).to_date_string(),
                 "drifted_features": check["drifted_features"],

@@ -16,6 +16,7 @@ from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, T
 from lifecycle.airflow_glue import (
     connection_urls,
     default_args,
+    end_mlflow_run_on_failure,
     fail_fast_on_bad_input,
     retrain_request_asset,
     run_date,
@@ -104,7 +105,8 @@ def build(config: PipelineConfig) -> DAG:
         schedule=schedule(config),
         catchup=False,  # no start_date: a new deployment waits for the next cron time instead of running the last
         max_active_runs=1,
-        default_args=default_args(config),
+        # A run whose task fails for good ends its MLflow run FAILED, naming the task.
+        default_args={**default_args(config), "on_failure_callback": end_mlflow_run_on_failure(config)},
         params=retrain_params(config),
         tags=["lifecycle", "retrain", name, *config.tags],
     ) as dag:
@@ -159,18 +161,21 @@ def build(config: PipelineConfig) -> DAG:
             return retrain.train_challenger(tuned, mlflow_run_id, features, tuned.training.grid, tuned.training.search)
 
         @task
+        @fail_fast_on_bad_input
         def baseline(mlflow_run_id: str, features: dict) -> dict:
             from lifecycle import retrain
 
             return retrain.train_baseline(config, mlflow_run_id, features)
 
         @task
+        @fail_fast_on_bad_input
         def score_and_decide(mlflow_run_id: str, features: dict, challenger: dict, base: dict, **context) -> dict:
             from lifecycle import retrain
 
             return retrain.evaluate(config, context["run_id"], mlflow_run_id, features, challenger, base)
 
         @task(trigger_rule="none_failed")  # runs after a skipped approval too: it tags why nothing was promoted
+        @fail_fast_on_bad_input
         def promote(mlflow_run_id: str, challenger: dict, evaluation: dict, snap: dict, **context) -> dict:
             from lifecycle import retrain
 

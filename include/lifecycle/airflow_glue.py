@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
 
 from lifecycle.config import PipelineConfig
+
+log = logging.getLogger(__name__)
 
 
 def default_args(config: PipelineConfig) -> dict[str, Any]:
@@ -41,7 +44,11 @@ def sqlalchemy_url(conn_id: str) -> str:
     """An Airflow connection as a SQLAlchemy URL (postgres:// becomes postgresql+psycopg://)."""
     from airflow.sdk import Connection
 
-    uri = Connection.get(conn_id).get_uri()
+    return as_sqlalchemy_url(Connection.get(conn_id).get_uri())
+
+
+def as_sqlalchemy_url(uri: str) -> str:
+    """An Airflow connection URI as SQLAlchemy takes it (Airflow knows postgres://, SQLAlchemy +psycopg)."""
     for prefix in ("postgres://", "postgresql://"):
         if uri.startswith(prefix):
             return "postgresql+psycopg://" + uri[len(prefix) :]
@@ -52,25 +59,58 @@ def connection_urls(config: PipelineConfig) -> dict[str, str]:
     return {s.conn_id: sqlalchemy_url(s.conn_id) for s in config.sources if s.conn_id}
 
 
+def permanent_errors() -> tuple[type[BaseException], ...]:
+    """Errors no retry can fix: bad configuration or data, an impossible split, a stale gate decision."""
+    from lifecycle.batch_predict import NoChampionError
+    from lifecycle.config import ConfigError
+    from lifecycle.features import SplitError
+    from lifecycle.ingestion import SourceError
+    from lifecycle.scoring import ScoringBatchError
+    from lifecycle.tracking import ChampionMovedError
+    from lifecycle.validation import DataValidationError
+
+    return (
+        ConfigError, SourceError, DataValidationError, ScoringBatchError, NoChampionError, SplitError,
+        ChampionMovedError,
+    )  # fmt: skip
+
+
 def fail_fast_on_bad_input(function: Callable[..., Any]) -> Callable[..., Any]:
-    """Bad data or configuration will not fix itself on retry: fail the task at once, with the message."""
+    """Fail at once on what a retry cannot fix; let Airflow retry the rest (S3, database, MLflow outages).
+
+    Either way the log says which, so whoever reads a failed task knows whether waiting will help.
+    """
 
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from lifecycle.batch_predict import NoChampionError
-        from lifecycle.config import ConfigError
-        from lifecycle.ingestion import SourceError
-        from lifecycle.scoring import ScoringBatchError
-        from lifecycle.validation import DataValidationError
-
         try:
             return function(*args, **kwargs)
-        except (ConfigError, SourceError, DataValidationError, ScoringBatchError, NoChampionError) as err:
+        except permanent_errors() as err:
             from airflow.sdk.exceptions import AirflowFailException
 
+            log.error("not retried: %s cannot be fixed by running again: %s", type(err).__name__, err)
             raise AirflowFailException(f"{type(err).__name__}: {err}") from err
+        except Exception as err:
+            log.warning("retryable: %s: %s (Airflow retries it while retries remain)", type(err).__name__, err)
+            raise
 
     return wrapper
+
+
+def end_mlflow_run_on_failure(config: PipelineConfig) -> Callable[[dict[str, Any]], None]:
+    """An `on_failure_callback` that marks the Airflow run's MLflow run FAILED, naming the task and error."""
+
+    def callback(context: dict[str, Any]) -> None:
+        from lifecycle.retrain import fail_run
+
+        ti = context["ti"]
+        error = context.get("exception")
+        try:
+            fail_run(config, context["dag"].dag_id, context["run_id"], ti.task_id, repr(error)[:4000])
+        except Exception:  # a callback must not hide the task's own failure
+            log.exception("could not mark the MLflow run of %s as FAILED", context["run_id"])
+
+    return callback
 
 
 def predictions_asset(config: PipelineConfig) -> Any:

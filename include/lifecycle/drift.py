@@ -56,13 +56,66 @@ def categorical_profile(values: pd.Series) -> dict[str, Any]:
     return {"frequencies": frequencies, "count": int(len(filled))}
 
 
-def reference_profile(frame: pd.DataFrame, numeric: list[str], categorical: list[str]) -> dict[str, Any]:
-    """What a drift check compares against, computed once from the champion's training split."""
-    return {
+def reference_profile(
+    frame: pd.DataFrame, numeric: list[str], categorical: list[str], days: pd.Series | None = None
+) -> dict[str, Any]:
+    """What a drift check compares against, computed once from the champion's training split.
+
+    With `days` (each row's calendar day), every profile also keeps how far each day of the reference
+    stands from the other days: real data moves from day to day (weather, weekdays, promotions) more than
+    independent rows would, and a drift check must not call an ordinary day drift.
+    """
+    profiles = {
         "rows": int(len(frame)),
         "numeric": {c: numeric_profile(frame[c]) for c in numeric if c in frame},
         "categorical": {c: categorical_profile(frame[c]) for c in categorical if c in frame},
     }
+    if days is not None:
+        for column, profile in profiles["numeric"].items():
+            add_day_to_day(profile, frame[column], days)
+        for column, profile in profiles["categorical"].items():
+            add_day_to_day(profile, frame[column], days)
+    return profiles
+
+
+MIN_DAYS = 5  # fewer days than this say nothing about day-to-day movement
+
+
+def add_day_to_day(profile: dict[str, Any], values: pd.Series, days: pd.Series) -> dict[str, Any]:
+    """Record in `profile["daily"]` the statistic of each day against all the other days of the reference."""
+    day = pd.Series(np.asarray(days)).reset_index(drop=True)
+    values = values.reset_index(drop=True)
+    if day.nunique() < MIN_DAYS:
+        return profile
+    if "edges" in profile:  # numeric: PSI over the reference's bins, missing values left out as in a check
+        numbers = pd.to_numeric(values, errors="coerce")
+        present = numbers.notna().to_numpy()
+        cells = np.searchsorted(profile["edges"], numbers[present].to_numpy(dtype=float), side="right")
+        width, statistic, day = len(profile["edges"]) + 1, _psi, day[present].reset_index(drop=True)
+    else:  # categorical: Jensen-Shannon over the categories, missing as its own category
+        filled = values.astype(object).where(values.notna(), MISSING).astype(str)
+        codes, uniques = pd.factorize(filled)
+        cells, width, statistic = codes, len(uniques), _js
+    day_codes, _ = pd.factorize(day)
+    counts = np.zeros((day_codes.max() + 1, width))
+    np.add.at(counts, (day_codes, cells), 1)
+    total = counts.sum(axis=0)
+    rest = total - counts
+    with np.errstate(invalid="ignore", divide="ignore"):
+        current = counts / counts.sum(axis=1, keepdims=True)
+        others = rest / rest.sum(axis=1, keepdims=True)
+    keep = np.isfinite(current).all(axis=1) & np.isfinite(others).all(axis=1)
+    profile["daily"] = [round(float(v), 6) for v in statistic(others[keep], current[keep])]
+    return profile
+
+
+def day_floor(profile: dict[str, Any], quantile: float) -> float:
+    """The `quantile` of the reference's own day-to-day movement (0 when it was not recorded)."""
+    daily = profile.get("daily") or []
+    if len(daily) < MIN_DAYS:
+        return 0.0
+    # Too few days to estimate so high a quantile: the largest day seen is the honest bound.
+    return float(max(daily)) if len(daily) * (1.0 - quantile) < 1.0 else float(np.quantile(daily, quantile))
 
 
 def _psi(reference: np.ndarray, current: np.ndarray) -> np.ndarray:
@@ -116,10 +169,10 @@ def _reference_count(profile: dict[str, Any], rows: int | None) -> int | None:
     return None if rows is None else round(rows * (1.0 - profile.get("missing", 0.0)))
 
 
-def _decide(value: float, threshold: float, floor: float) -> dict[str, Any]:
-    effective = max(threshold, floor)
-    return {"value": value, "threshold": threshold, "noise_floor": floor, "effective_threshold": effective,
-            "drifted": bool(value >= effective)}  # fmt: skip
+def _decide(value: float, threshold: float, floor: float, daily: float = 0.0) -> dict[str, Any]:
+    effective = max(threshold, floor, daily)
+    return {"value": value, "threshold": threshold, "noise_floor": floor, "day_floor": daily,
+            "effective_threshold": effective, "drifted": bool(value >= effective)}  # fmt: skip
 
 
 def _numeric_drift(
@@ -135,7 +188,7 @@ def _numeric_drift(
     return {
         "kind": "numeric",
         "metric": "psi",
-        **_decide(value, threshold, floor),
+        **_decide(value, threshold, floor, day_floor(profile, quantile)),
         "count": int(len(present)),
         "statistic": float(ks.statistic) if ks else None,
         "p_value": float(ks.pvalue) if ks else None,
@@ -166,7 +219,7 @@ def _categorical_drift(
     return {
         "kind": "categorical",
         "metric": "jensen_shannon",
-        **_decide(distance, threshold, floor),
+        **_decide(distance, threshold, floor, day_floor(profile, quantile)),
         "count": int(len(values)),
         "statistic": float(chi.statistic),
         "p_value": float(chi.pvalue),

@@ -86,9 +86,8 @@ def run_check(
         fire, why = drift.should_retrain(history, since, config.drift.policy)
         fire = fire and config.drift.policy.enabled
         result["policy"] = {"history": history, "days_since_last_request": since, "retrain": fire, "reason": why}
-        if fire:
-            reason = f"drift on {batch_key}: {result['reason']} ({why})"
-            drift_store.record_request(engine, config.drift.metrics_table, config.name, key, reason, run_id)
+        # The request (and so the cool-down) is recorded by the task that emits it, not here: if emitting
+        # failed after this, the cool-down would hold back every retrain for a week.
     finally:
         engine.dispose()
 
@@ -117,6 +116,19 @@ def run_check(
         "json_uri": json_uri,
         "mlflow_run_id": run.info.run_id,
     }
+
+
+def record_retrain_request(config: PipelineConfig, run_id: str, batch_key: str, reason: str, database_url: str) -> None:
+    """Start the policy's cool-down: called by the task that emits the retrain request, in the same attempt."""
+    from lifecycle import drift_store
+    from lifecycle.predictions_db import engine_for
+
+    engine = engine_for(database_url)
+    try:
+        key = dt.date.fromisoformat(batch_key)
+        drift_store.record_request(engine, config.drift.metrics_table, config.name, key, reason, run_id)
+    finally:
+        engine.dispose()
 
 
 def _histograms(result: dict[str, Any]) -> bytes:

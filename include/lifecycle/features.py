@@ -82,6 +82,10 @@ def build_preprocessor(config: PipelineConfig, frame: pd.DataFrame) -> Pipeline:
     return Pipeline([("prepare", prepare), ("columns", columns)])
 
 
+class SplitError(ValueError):
+    """The window cannot be split into train, validation and holdout (too few days)."""
+
+
 def time_split(frame: pd.DataFrame, config: PipelineConfig) -> dict[str, pd.DataFrame]:
     """Train, validation and holdout by time: the holdout is the last days, so nothing leaks backwards."""
     ts = pd.to_datetime(frame[config.timestamp_column])
@@ -95,7 +99,7 @@ def time_split(frame: pd.DataFrame, config: PipelineConfig) -> dict[str, pd.Data
     }
     for name, part in parts.items():
         if part.empty:
-            raise ValueError(
+            raise SplitError(
                 f"the {name} split is empty: the window has {ts.dt.normalize().nunique()} days, "
                 f"fewer than validation_days + holdout_days + 1"
             )

@@ -80,7 +80,7 @@ def prepare_features(config: PipelineConfig, run_id: str, snapshot_uri: str) -> 
     numeric, categorical = feature_types(config, parts["train"])
     reference_uri = storage.write_json(
         storage.artifact_uri(config.name, run_id, "features", "drift_reference.json"),
-        reference_profile(parts["train"], numeric, categorical),
+        reference_profile(parts["train"], numeric, categorical, _days(parts["train"], config)),
     )
     preprocessor_uri = storage.write_bytes(
         storage.artifact_uri(config.name, run_id, "features", "preprocessor.joblib"), _dump(preprocessor)
@@ -93,6 +93,13 @@ def prepare_features(config: PipelineConfig, run_id: str, snapshot_uri: str) -> 
         "input_columns": columns,
         "output_features": int(len(preprocessor.get_feature_names_out())),
     }
+
+
+def _days(frame: Any, config: PipelineConfig) -> Any:
+    """Each row's calendar day, for the drift reference's day-to-day movement."""
+    import pandas as pd
+
+    return pd.to_datetime(frame[config.timestamp_column]).dt.date
 
 
 def start_run(
@@ -117,10 +124,42 @@ def start_run(
         "snapshot.rows": str(snapshot["rows"]),
         "snapshot.window": f"{snapshot['window_start']}..{snapshot['window_end']}",
     }
-    run = client.create_run(experiment_id(config.name), run_name=run_id, tags=tags)
+    experiment = experiment_id(config.name)
+    found = _parent_run(client, experiment, dag_id, run_id)
+    if found is not None:  # a retry of this task, or of the whole Airflow run: reuse, never orphan
+        client.update_run(found.info.run_id, status="RUNNING")
+        client.set_tag(found.info.run_id, "attempts", str(int(found.data.tags.get("attempts", "1")) + 1))
+        return found.info.run_id
+    run = client.create_run(experiment, run_name=run_id, tags=tags)
     for key, value in trigger.items():
         client.log_param(run.info.run_id, f"trigger.{key}", json.dumps(value, default=str)[:500])
     return run.info.run_id
+
+
+def _parent_run(client: Any, experiment: str, dag_id: str, run_id: str) -> Any | None:
+    """The MLflow run this Airflow run opened before, if any (nested candidate runs excluded)."""
+    quoted = f'"{run_id}"' if "'" in run_id else f"'{run_id}'"
+    runs = client.search_runs(
+        [experiment],
+        f"tags.`airflow.dag_id` = '{dag_id}' and tags.`airflow.run_id` = {quoted}",
+        order_by=["attributes.start_time ASC"],
+    )
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    return parents[0] if parents else None
+
+
+def fail_run(config: PipelineConfig, dag_id: str, run_id: str, task_id: str, error: str) -> str | None:
+    """End this Airflow run's MLflow run as FAILED, naming the task that failed (its retries exhausted)."""
+    from lifecycle.tracking import experiment_id, mlflow_client
+
+    client = mlflow_client()
+    found = _parent_run(client, experiment_id(config.name), dag_id, run_id)
+    if found is None:  # failed before the run was opened (ingestion, validation, features)
+        return None
+    client.set_tag(found.info.run_id, "failed_task", task_id)
+    client.set_tag(found.info.run_id, "failed_error", error[:5000])
+    client.set_terminated(found.info.run_id, status="FAILED")
+    return found.info.run_id
 
 
 def train_challenger(
@@ -265,7 +304,7 @@ def evaluate(
     import pandas as pd
 
     from lifecycle import tracking
-    from lifecycle.drift import numeric_profile
+    from lifecycle.drift import add_day_to_day, numeric_profile
     from lifecycle.gate import decide
     from lifecycle.metrics import bootstrap_difference, compute, scores
     from lifecycle.report import figure_png, html_report
@@ -330,7 +369,8 @@ def evaluate(
     # The drift reference's prediction profile belongs to the model that may become champion.
     reference = storage.read_json(features["drift_reference_uri"])
     validation = storage.read_parquet(features["splits"]["validation"])
-    reference["prediction"] = numeric_profile(pd.Series(_score_column(config, selected_model, validation[columns])))
+    predicted = pd.Series(_score_column(config, selected_model, validation[columns]))
+    reference["prediction"] = add_day_to_day(numeric_profile(predicted), predicted, _days(validation, config))
     reference["model_family"] = selection["selected"]
     png = figure_png(task, y, curves, selected_model, threshold)
     page = html_report(config.name, decision, png)

@@ -150,3 +150,20 @@ def test_invalid_data_fails_validation_and_nothing_downstream_runs(first_run, de
     assert {"device", "monthly_spend"} <= columns
     spend = next(f for f in failed[-1]["failures"] if f["column"] == "monthly_spend")
     assert -10.0 in spend["sample_values"]
+
+
+def test_a_task_that_fails_for_good_ends_its_mlflow_run_failed_naming_it(first_run, dag_runner):
+    """num_leaves 1 passes the form's schema but LightGBM refuses it: retried, then the run ends FAILED."""
+    _, runs_before = _latest_parent_run()
+    conf = {"reason": "impossible grid", "grid": {"num_leaves": [1]}, "search": "grid"}
+    result = dag_runner(DAG_ID, "2026-02-13", conf)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "retryable: " in output, "the log says the error is worth a retry"
+    run, runs_after = _latest_parent_run()
+    assert runs_after == runs_before + 1, "retries reuse the run: one MLflow run per Airflow run"
+    assert run.data.tags["trigger.reason"] == "impossible grid"
+    assert run.info.status == "FAILED"
+    assert run.data.tags["failed_task"] == "training.grid_search"
+    assert "num_leaves" in run.data.tags["failed_error"]
+    assert str(_champion().version) == "1"

@@ -171,3 +171,31 @@ POLICY = SimpleNamespace(window=3, min_drifted=2, cooldown_days=7)
 def test_retrain_policy(history, days_since, fires, why):
     fired, reason = drift.should_retrain(history, days_since, POLICY)
     assert fired is fires and why in reason
+
+
+def test_day_to_day_movement_of_the_reference_is_not_drift_but_a_real_shift_is():
+    """Weather-like data: each day has its own level. An ordinary new day passes; a shifted one does not."""
+    from types import SimpleNamespace
+
+    from lifecycle.drift import check, day_floor, reference_profile
+
+    rng = np.random.default_rng(7)
+
+    def days(count: int, shift: float = 0.0) -> pd.DataFrame:
+        level = rng.normal(0, 0.5, size=count).repeat(800)  # the day's own weather
+        day = np.repeat(pd.date_range("2026-01-01", periods=count).date, 800)
+        return pd.DataFrame({"temp": level + rng.normal(0, 1, size=len(level)) + shift, "day": day})
+
+    reference_frame = days(40)
+    reference = reference_profile(reference_frame, ["temp"], [], reference_frame["day"])
+    profile = reference["numeric"]["temp"]
+    assert len(profile["daily"]) == 40 and day_floor(profile, 0.99) > 0.05
+    thresholds = SimpleNamespace(psi_threshold=0.05, js_threshold=0.1, prediction_psi_threshold=0.2,
+                                 dataset_share=0.5, max_performance_drop=0.05, noise_quantile=0.99)  # fmt: skip
+    ordinary = [check(reference, days(1), None, thresholds)["features"]["temp"] for _ in range(100)]
+    flagged = sum(r["drifted"] for r in ordinary)
+    without_day_floor = sum(r["value"] >= max(r["threshold"], r["noise_floor"]) for r in ordinary)
+    print(f"ordinary days flagged: {flagged} of 100 with the day floor, {without_day_floor} without")
+    assert flagged <= 5 and without_day_floor > 50
+    shifted = check(reference, days(1, shift=2.0), None, thresholds)["features"]["temp"]
+    assert shifted["drifted"] and shifted["effective_threshold"] == shifted["day_floor"]

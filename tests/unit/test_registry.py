@@ -10,6 +10,7 @@ from sklearn.linear_model import LogisticRegression
 from lifecycle import tracking
 from lifecycle.models_page import rollback
 
+NAME = ""  # each test's own registered model name, set by the `store` fixture
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +88,24 @@ def test_two_racing_retrains_move_the_alias_once(store):
     with pytest.raises(tracking.ChampionMovedError, match="compared against no champion"):
         tracking.register_champion(uri_b, NAME, {}, run_b, None)
     assert tracking.champion(NAME).version == 1
+
+
+def test_a_retried_start_reuses_the_run_and_a_failure_ends_it_naming_the_task(store, monkeypatch):
+    from lifecycle.config import PipelineConfig
+    from lifecycle.retrain import fail_run, start_run
+
+    client, _ = store
+    config = PipelineConfig.model_validate(
+        {"name": NAME, "task": "binary", "target": "y", "id_column": "id", "timestamp_column": "ts",
+         "sources": [{"name": "base", "uri": "/tmp/none.parquet"}], "features": {"numeric": ["x"]},
+         "training": {"grid": {"num_leaves": [7]}}}
+    )  # fmt: skip
+    snapshot = {"uri": "file:///tmp/s.parquet", "sha256": "0" * 64, "rows": 1, "window_start": "a", "window_end": "b"}
+    first = start_run(config, "d__retrain", "manual__1", {"reason": "r"}, snapshot)
+    again = start_run(config, "d__retrain", "manual__1", {"reason": "r"}, snapshot)
+    assert again == first and client.get_run(first).data.tags["attempts"] == "2"
+    assert start_run(config, "d__retrain", "manual__2", {"reason": "r"}, snapshot) != first
+    assert fail_run(config, "d__retrain", "manual__1", "training.grid_search", "ValueError('boom')") == first
+    run = client.get_run(first)
+    assert run.info.status == "FAILED" and run.data.tags["failed_task"] == "training.grid_search"
+    assert fail_run(config, "d__retrain", "manual__9", "ingestion.snapshot", "x") is None
