@@ -52,6 +52,16 @@ format: $(STAMP) ## Apply ruff's fixes and formatter
 airflow: $(STAMP) ## Start airflow standalone with the demo pipeline and print the UI address
 	$(PY) scripts/airflow_local.py
 
+.PHONY: check run
+
+check: $(STAMP) ## Check a pipeline YAML against its data: PIPELINE=<file> [DATE=<as-of>] [WINDOW=<days>]
+	@test -n "$(PIPELINE)" || { echo "usage: make check PIPELINE=include/pipelines/<name>.yaml [DATE=YYYY-MM-DD] [WINDOW=days]"; exit 2; }
+	$(PY) -m lifecycle check $(PIPELINE) $(if $(DATE),--as-of $(DATE)) $(if $(WINDOW),--window-days $(WINDOW))
+
+run: $(STAMP) ## Run one DAG once on the embedded default: DAG=<dag_id> DATE=<YYYY-MM-DD> [CONF='{...}']
+	@test -n "$(DAG)" -a -n "$(DATE)" || { echo "usage: make run DAG=<pipeline>__retrain DATE=YYYY-MM-DD [CONF='{\"reason\": \"...\"}']"; exit 2; }
+	$(PY) -m lifecycle run $(DAG) $(DATE) $(if $(CONF),--conf '$(CONF)')
+
 bench: $(STAMP) ## Run the benchmark scripts and print their numbers
 	$(PY) benchmarks/parse_time.py
 	$(PY) benchmarks/grid_search.py

@@ -1,0 +1,7 @@
+"""`python -m lifecycle check <pipeline.yaml>` and `python -m lifecycle run <dag_id> <date>`."""
+
+import sys
+
+from lifecycle.cli import main
+
+sys.exit(main())
