@@ -48,7 +48,8 @@ def setup(airflow_db, tmp_path_factory) -> dict:
 
 
 def _run(setup: dict, dag_id: str, date: str, conf: dict | None = None) -> tuple[subprocess.CompletedProcess, float]:
-    command = [sys.executable, "-m", "airflow", "dags", "test", dag_id, date]
+    """The documented newcomer's command (`make run` calls it): one DAG once, through `airflow dags test`."""
+    command = [sys.executable, "-m", "lifecycle", "run", dag_id, date]
     if conf:
         command += ["--conf", json.dumps(conf)]
     started = time.monotonic()
@@ -131,6 +132,13 @@ def test_the_data_is_shaped_like_the_pipeline_expects(setup):
     assert 0.15 < written["positive_rate"] < 0.35
 
 
+def test_make_check_passes_on_the_real_data(setup):
+    command = [sys.executable, "-m", "lifecycle", "check", str(YAML), "--as-of", AS_OF]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=setup["env"])
+    print(result.stdout[-3000:])
+    assert result.returncode == 0, _tail(result)
+
+
 def test_retraining_on_real_data_leaves_a_usable_champion(setup, retrained):
     from lifecycle import storage
     from lifecycle.tracking import champion
@@ -154,6 +162,7 @@ def test_the_first_batches_after_training_are_scored_and_show_no_drift(setup, re
     config = setup["config"]
     expected = set(config.drift.expected_to_move)
     flagged: dict[str, list[str]] = {}
+    dataset: dict[str, tuple] = {}
     for day in BATCHES:
         predicted, predict_s = _run(setup, f"{NAME}__batch_predict", day)
         assert predicted.returncode == 0, _tail(predicted)
@@ -193,4 +202,6 @@ def test_the_first_batches_after_training_are_scored_and_show_no_drift(setup, re
             ).scalar()
         engine.dispose()
         assert scored == setup["written"]["rows_per_day"][day] == report["rows"]
+        dataset[day] = (report["dataset_drift"], policy.get("retrain"))
     assert flagged == {day: [] for day in BATCHES}, f"features flagged outside expected_to_move: {flagged}"
+    assert dataset == {day: (False, False) for day in BATCHES}, f"(dataset drift, retrain request): {dataset}"
