@@ -313,10 +313,21 @@ def load_pipelines(directory: str | Path | None = None) -> tuple[list[PipelineCo
             errors.append(str(err))
     names = [c.name for _, c in configs]
     duplicated = {n for n in names if names.count(n) > 1}
+    # Two pipelines on one registered model would fight over one champion alias.
+    models = [c.registered_model_name for _, c in configs]
+    shared = {m for m in models if models.count(m) > 1}
+    bad = set()
     for path, config in configs:
         if config.name in duplicated:
             errors.append(f"{path}: field 'name': pipeline name {config.name!r} is used by more than one file")
-    return [c for _, c in configs if c.name not in duplicated], errors
+            bad.add(path)
+        elif config.registered_model_name in shared:
+            errors.append(
+                f"{path}: field 'model_name': registered model {config.registered_model_name!r} is used by more "
+                "than one pipeline (each pipeline needs its own champion alias)"
+            )
+            bad.add(path)
+    return [c for path, c in configs if path not in bad], errors
 
 
 def load_all(directory: str | Path | None = None) -> list[PipelineConfig]:

@@ -232,3 +232,12 @@ def test_invalid_training_overrides_name_the_field(make_config, overrides, field
         with_training_overrides(make_config(), **overrides)
     assert "demo_churn" in str(info.value)
     assert field in str(info.value)
+
+
+def test_two_pipelines_on_one_registered_model_are_both_refused(tmp_path, demo_dict):
+    write_yaml(tmp_path, dict(demo_dict, name="one", model_name="shared"), "one.yaml")
+    write_yaml(tmp_path, dict(demo_dict, name="two"), "two.yaml")
+    write_yaml(tmp_path, dict(demo_dict, name="shared"), "three.yaml")
+    configs, errors = load_pipelines(tmp_path)
+    assert [c.name for c in configs] == ["two"]
+    assert len(errors) == 2 and all("field 'model_name': registered model 'shared'" in e for e in errors)
