@@ -78,6 +78,7 @@ def summarise_training() -> None:
             f"{tags.get('gate.verdict', '?'):8s} challenger {metric} {metrics.get(f'holdout_challenger_{metric}', 0):.4f}"
             f" (baseline {metrics.get(f'holdout_baseline_{metric}', 0):.4f})"
             f"{' -> registered v' + tags['registered_version'] if 'registered_version' in tags else ''}\n"
+            f"      selection: {tags.get('selection.reason', '-')}\n"
             f"      reason: {tags.get('gate.reason', '')}"
         )
     current = champion(config.registered_model_name)
