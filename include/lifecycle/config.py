@@ -179,6 +179,8 @@ class Drift(_Strict):
     js_threshold: float = Field(0.1, gt=0, le=1)
     prediction_psi_threshold: float = Field(0.2, gt=0)
     dataset_share: float = Field(0.3, gt=0, le=1)  # share of drifted features that is dataset drift
+    # When labels arrive: the largest fall of the primary metric below the holdout's (for RMSE and MAE, whose
+    # scale is the target's, a relative rise: 0.05 is 5 %).
     max_performance_drop: float = Field(0.05, ge=0)
     # Columns that move by design (calendar, seasonal): reported, never counted toward dataset drift.
     expected_to_move: list[str] = Field(default_factory=list)

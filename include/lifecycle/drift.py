@@ -272,9 +272,15 @@ def check(
     if prediction and prediction["drifted"]:
         reasons.append(f"prediction PSI {prediction['value']:.3f} ≥ {prediction['effective_threshold']:.3g}")
     if performance and performance["drop"] > thresholds.max_performance_drop:
+        if performance.get("relative"):
+            moved = f"rose {performance['drop']:.1%} above"
+        elif performance.get("higher_is_better", True):
+            moved = f"fell {performance['drop']:.3f} below"
+        else:
+            moved = f"rose {performance['drop']:.3f} above"
         reasons.append(
-            f"{performance['metric']} fell {performance['drop']:.3f} below the holdout's "
-            f"{performance['holdout']:.3f} on {performance['rows']} labelled rows"
+            f"{performance['metric']} {moved} the holdout's {performance['holdout']:.3f} "
+            f"on {performance['rows']} labelled rows"
         )
     return {
         "rows": int(len(frame)),

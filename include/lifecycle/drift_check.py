@@ -28,6 +28,9 @@ def _batch_scores(engine: Any, table: str, pipeline: str, batch_key: dt.date) ->
     return {r.entity_id: r.score for r in rows}, (rows[0].model_version if rows else None)
 
 
+RELATIVE_METRICS = frozenset({"rmse", "mae"})
+
+
 def _performance(config: PipelineConfig, frame: Any, scores: dict[str, float], holdout: float | None) -> dict | None:
     """The champion on this batch's labels, when they have arrived, against its holdout score."""
     from lifecycle.config import METRICS
@@ -44,9 +47,15 @@ def _performance(config: PipelineConfig, frame: Any, scores: dict[str, float], h
     s = np.array([scores[i] for i in ids[known]])
     primary = config.training.primary_metric
     current = metric(config.task, primary, y, s, config.prediction.threshold)
-    drop = (holdout - current) if METRICS[primary][1] else (current - holdout)
-    return {"metric": primary, "holdout": holdout, "current": current, "drop": drop,
-            "threshold": config.drift.max_performance_drop, "rows": int(known.sum())}  # fmt: skip
+    higher = METRICS[primary][1]
+    drop = (holdout - current) if higher else (current - holdout)
+    # Errors in the target's own units (RMSE, MAE) have no fixed scale: their drop is relative to the holdout's.
+    relative = primary in RELATIVE_METRICS
+    if relative:
+        drop = drop / abs(holdout) if holdout else float("inf")
+    return {"metric": primary, "holdout": holdout, "current": current, "drop": drop, "relative": relative,
+            "higher_is_better": higher, "threshold": config.drift.max_performance_drop,
+            "rows": int(known.sum())}  # fmt: skip
 
 
 def run_check(

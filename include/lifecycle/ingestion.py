@@ -17,10 +17,12 @@ class SourceError(RuntimeError):
 
 def _read_file(uri: str, fmt: str) -> pd.DataFrame:
     if storage.local_path(uri) is None:  # s3:// through the artifact store's client
-        import io
+        import tempfile
 
-        data = io.BytesIO(storage.read_bytes(uri))
-        return pd.read_parquet(data) if fmt == "parquet" else pd.read_csv(data)
+        # A local copy under the object's name, as scoring reads it: pandas infers a compression (.csv.gz,
+        # .zip, ...) from the name, never from a buffer of bytes.
+        with tempfile.TemporaryDirectory() as work:
+            return _read_file(str(storage.local_copy(uri, work)), fmt)
     path = str(storage.local_path(uri))
     return pd.read_parquet(path) if fmt == "parquet" else pd.read_csv(path)
 
@@ -111,7 +113,14 @@ def join_source(frame: pd.DataFrame, source: Source, other: pd.DataFrame) -> pd.
             f"source {source.name!r}: join keys {source.join.keys} are not unique (e.g. {example}), "
             "the join would duplicate rows"
         )
-    return frame.merge(other, on=source.join.keys, how=source.join.how, suffixes=("", f"_{source.name}"))
+    kinds = {k: (str(frame[k].dtype), str(other[k].dtype)) for k in source.join.keys}
+    try:
+        return frame.merge(other, on=source.join.keys, how=source.join.how, suffixes=("", f"_{source.name}"))
+    except ValueError as err:  # keys of different kinds (numbers on one side, text on the other) never match
+        raise SourceError(
+            f"source {source.name!r}: cannot join on {source.join.keys}, the key types differ "
+            f"(rows vs source: {kinds}): {err}"
+        ) from err
 
 
 def missing_partitions(config: PipelineConfig, start: dt.date, end: dt.date) -> dict[str, list[str]]:

@@ -57,6 +57,15 @@ def _calculators(task: str, y: np.ndarray, score: np.ndarray, threshold: float, 
         }
     # The model's classes, never the ones in `y`: a bootstrap resample may lack a rare class.
     classes = np.asarray(classes if classes is not None else np.unique(y))
+    if score.ndim != 2 or score.shape[1] != len(classes):
+        raise ValueError(
+            f"{score.shape[-1]} probability columns for {len(classes)} classes {list(classes)}: give each model's "
+            "own classes_, or align() models trained on different classes to one set"
+        )
+    unseen = np.setdiff1d(np.unique(y), classes)
+    if len(unseen):  # labels the model never saw (absent from its training rows): predicted with probability 0
+        classes = np.concatenate([classes, unseen])
+        score = np.hstack([score, np.zeros((len(score), len(unseen)))])
     label = classes[np.argmax(score, axis=1)]
     return {
         "roc_auc": lambda: _one_vs_rest_auc(y, score, classes),
@@ -68,10 +77,42 @@ def _calculators(task: str, y: np.ndarray, score: np.ndarray, threshold: float, 
 
 def _one_vs_rest_auc(y: np.ndarray, score: np.ndarray, classes: np.ndarray) -> float:
     """Macro one-vs-rest ROC AUC over the classes present in `y` (scikit-learn's refuses an absent class)."""
-    aucs = [
-        skm.roc_auc_score(y == c, score[:, k]) for k, c in enumerate(classes) if 0 < int(np.sum(y == c)) < len(y)
-    ]
+    aucs = [skm.roc_auc_score(y == c, score[:, k]) for k, c in enumerate(classes) if 0 < int(np.sum(y == c)) < len(y)]
     return float(np.mean(aucs)) if aucs else float("nan")
+
+
+def align(score: np.ndarray, model_classes: Any, classes: Any) -> np.ndarray:
+    """A model's class-probability columns (in `model_classes` order) as columns for `classes`.
+
+    A class the model never saw gets probability 0; so two models trained on windows with different classes
+    (a rare class in one and not the other) can be compared on the same rows.
+    """
+    score = np.asarray(score, dtype=float)
+    position = {c: k for k, c in enumerate(np.asarray(model_classes).tolist())}
+    out = np.zeros((score.shape[0], len(classes)))
+    for j, c in enumerate(np.asarray(classes).tolist()):
+        if c in position:
+            out[:, j] = score[:, position[c]]
+    return out
+
+
+def search_scorer(task: str, name: str, classes: Any) -> Any:
+    """A scorer for the hyper-parameter search (greater is better) that holds up when a fold lacks a class.
+
+    Time-series folds of a multiclass target with a rare class often miss it, in a fold's training rows (the
+    fold's model has fewer probability columns) or in its test rows; scikit-learn's roc_auc_ovr and
+    neg_log_loss scorers then raise. This one scores the fold's probabilities aligned to all `classes`.
+    """
+    from lifecycle.config import METRICS
+
+    classes = np.asarray(classes)
+    sign = 1.0 if METRICS[name][1] else -1.0
+
+    def scorer(estimator: Any, frame: Any, y: Any) -> float:
+        proba = align(estimator.predict_proba(frame), estimator.classes_, classes)
+        return sign * metric(task, name, y, proba, classes=classes)
+
+    return scorer
 
 
 def compute(task: str, y_true: Any, score: np.ndarray, threshold: float = 0.5, classes: Any = None) -> dict:
@@ -79,9 +120,7 @@ def compute(task: str, y_true: Any, score: np.ndarray, threshold: float = 0.5, c
     return {name: float(calc()) for name, calc in calculators.items()}
 
 
-def metric(
-    task: str, name: str, y_true: Any, score: np.ndarray, threshold: float = 0.5, classes: Any = None
-) -> float:
+def metric(task: str, name: str, y_true: Any, score: np.ndarray, threshold: float = 0.5, classes: Any = None) -> float:
     return float(_calculators(task, np.asarray(y_true), score, threshold, classes)[name]())
 
 

@@ -306,7 +306,7 @@ def evaluate(
     from lifecycle import tracking
     from lifecycle.drift import add_day_to_day, numeric_profile
     from lifecycle.gate import decide
-    from lifecycle.metrics import bootstrap_difference, compute, scores
+    from lifecycle.metrics import align, bootstrap_difference, compute, scores
     from lifecycle.report import figure_png, html_report
     from lifecycle.selection import select_family
 
@@ -318,8 +318,19 @@ def evaluate(
 
     candidates = {c["family"]: c for c in (challenger, baseline)}
     models = {family: mlflow.sklearn.load_model(c["model_uri"]) for family, c in candidates.items()}
-    family_curves = {family: scores(model, holdout[columns], task) for family, model in models.items()}
-    classes = getattr(models["lightgbm"], "classes_", None)
+    # The champion by the version read here (not the alias again: it could move in between).
+    champion_version = tracking.champion(config.registered_model_name)
+    champion_model = None
+    if champion_version is not None:
+        champion_model = mlflow.sklearn.load_model(f"models:/{config.registered_model_name}/{champion_version.version}")
+    classes = _holdout_classes(task, [*models.values(), champion_model])
+
+    def curve(model: Any) -> Any:
+        """Scores on the holdout; multiclass columns aligned to one class list (windows may differ in classes)."""
+        score = scores(model, holdout[columns], task)
+        return align(score, model.classes_, classes) if task == "multiclass" else score
+
+    family_curves = {family: curve(model) for family, model in models.items()}
     family_holdout = {f: compute(task, y, s, threshold, classes) for f, s in family_curves.items()}
     selection = select_family(
         primary, config.higher_is_better, {f: c["validation"] for f, c in candidates.items()}, family_holdout
@@ -327,11 +338,9 @@ def evaluate(
     chosen = candidates[selection["selected"]]
     selected_model = models[selection["selected"]]
     curves = {"challenger": family_curves[selection["selected"]], "baseline": family_curves["linear"]}
-    champion_version = tracking.champion(config.registered_model_name)
     champion_info = None
     if champion_version is not None:
-        champion_model = mlflow.sklearn.load_model(tracking.champion_uri(config.registered_model_name))
-        curves["champion"] = scores(champion_model, holdout[columns], task)
+        curves["champion"] = curve(champion_model)
         champion_info = {"version": champion_version.version, "run_id": champion_version.run_id}
 
     measured = {name: compute(task, y, s, threshold, classes) for name, s in curves.items()}
@@ -403,6 +412,16 @@ def evaluate(
         "challenger": measured["challenger"],
         "champion_version": champion_info["version"] if champion_info else None,
     }
+
+
+def _holdout_classes(task: str, models: list[Any]) -> Any:
+    """Every class any of the compared models knows (multiclass), so their scores share columns."""
+    import numpy as np
+
+    if task != "multiclass":
+        return getattr(models[0], "classes_", None)
+    known = [np.asarray(m.classes_) for m in models if m is not None]
+    return np.unique(np.concatenate(known))
 
 
 def _png_image(png: bytes) -> Any:

@@ -87,27 +87,35 @@ def stage_batch(
         described = base.uri.format(date=batch_date.isoformat())
     lookups = [(s, read_source(s, batch_date, batch_date + dt.timedelta(days=1), connection_urls)) for s in others]
     chunk_size = config.prediction.chunk_size
-    rows, writer = 0, None
+    rows, chunks = 0, []
+    seen: dict[str, list[pa.DataType]] = {}  # column -> its type in each chunk where it has a value
     with tempfile.TemporaryDirectory() as work:
         staged = Path(work) / "batch.parquet"
-        try:
-            for chunk in _base_chunks(config, input_uri, chunk_size, Path(work), connection_urls, batch_date):
-                if chunk.empty:
-                    continue
-                for source, lookup in lookups:
-                    chunk = join_source(chunk, source, lookup)
-                table = pa.Table.from_pandas(chunk, preserve_index=False)
-                if writer is None:
-                    writer = pq.ParquetWriter(staged, table.schema)
-                elif table.schema != writer.schema:
-                    table = _conform(table, writer.schema, described)
-                writer.write_table(table, row_group_size=chunk_size)
-                rows += table.num_rows
-        finally:
-            if writer is not None:
-                writer.close()
+        # Pass 1: each chunk to a file of its own, as read. A reader infers types chunk by chunk (a CSV or SQL
+        # chunk of whole numbers is integers, the next with a decimal floats; a column missing from a whole
+        # chunk has no type at all), so the batch's schema is only known once every chunk has been seen.
+        for chunk in _base_chunks(config, input_uri, chunk_size, Path(work), connection_urls, batch_date):
+            if chunk.empty:
+                continue
+            for source, lookup in lookups:
+                chunk = join_source(chunk, source, lookup)
+            table = pa.Table.from_pandas(chunk, preserve_index=False).replace_schema_metadata(None)
+            for field, column in zip(table.schema, table.columns, strict=True):
+                if column.null_count < len(column):
+                    seen.setdefault(field.name, []).append(field.type)
+            chunks.append(Path(work) / f"chunk-{len(chunks):06d}.parquet")
+            pq.write_table(table, chunks[-1])
+            rows += table.num_rows
         if rows == 0:
             raise ScoringBatchError(f"scoring input {described} has no rows for {batch_date}")
+        # Pass 2: one schema that holds every chunk, one row group per chunk.
+        first = pq.read_schema(chunks[0])
+        schema = _batch_schema(first, seen, described)
+        with pq.ParquetWriter(staged, schema) as writer:
+            for path in chunks:
+                table = pq.read_table(path)
+                writer.write_table(_conform(table, schema, described), row_group_size=chunk_size)
+                path.unlink()
         storage.upload_file(staged, out_uri)
         groups = pq.ParquetFile(staged).num_row_groups
     return {
@@ -117,6 +125,25 @@ def stage_batch(
         "row_groups": groups,
         "batch_key": batch_date.isoformat(),
     }
+
+
+def _batch_schema(first: pa.Schema, seen: dict[str, list[pa.DataType]], where: str) -> pa.Schema:
+    """The first chunk's columns, each typed to hold its values in every chunk (integers and floats: floats)."""
+    fields = []
+    for field in first:
+        types = seen.get(field.name)
+        if not types:  # no value in the whole batch: the type it was read with
+            fields.append(field)
+            continue
+        try:
+            unified = pa.unify_schemas([pa.schema([(field.name, t)]) for t in types], promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as err:
+            kinds = sorted({str(t) for t in types})
+            raise ScoringBatchError(
+                f"{where}: column {field.name!r} has values of different types in different chunks ({kinds}): {err}"
+            ) from err
+        fields.append(unified.field(field.name))
+    return pa.schema(fields)
 
 
 def _conform(table: pa.Table, schema: pa.Schema, uri: str) -> pa.Table:

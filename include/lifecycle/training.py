@@ -71,7 +71,7 @@ def make_search(
     )
     param_grid = {f"model__{key}": values for key, values in grid.items()}
     common = {
-        "scoring": SCORERS[(config.training.primary_metric, config.task)],
+        "scoring": _scoring(config, frame),
         "cv": TimeSeriesSplit(n_splits=config.training.cv_folds),
         "n_jobs": plan["search_jobs"],
         "refit": True,
@@ -85,6 +85,16 @@ def make_search(
     from sklearn.model_selection import GridSearchCV
 
     return GridSearchCV(pipeline, param_grid, **common)
+
+
+def _scoring(config: PipelineConfig, frame: pd.DataFrame) -> Any:
+    """scikit-learn's scorer, except for multiclass: a time-series fold often lacks a rare class, and
+    scikit-learn's multiclass scorers then raise, so the fold is scored on all the training classes."""
+    if config.task != "multiclass":
+        return SCORERS[(config.training.primary_metric, config.task)]
+    from lifecycle.metrics import search_scorer
+
+    return search_scorer(config.task, config.training.primary_metric, np.unique(frame[config.target].dropna()))
 
 
 def candidates(search: Any) -> list[dict[str, Any]]:

@@ -173,8 +173,16 @@ def test_approve_mode_waits_for_a_person_only_when_the_checks_pass():
         ({"chosen_options": ["Reject"], "responded_by_user": {"id": "2", "name": "bo"}}, "rejected by a person", "bo"),
         ({"chosen_options": ["Reject"], "timedout": True}, "timed out", ""),
         # What Airflow's HITLOperator really returns at the timeout: the default option, no responder.
-        ({"chosen_options": ["Reject"], "params_input": {}, "responded_at": "2026-01-01T00:00:00+00:00",
-          "responded_by_user": None}, "timed out", ""),  # fmt: skip
+        (
+            {
+                "chosen_options": ["Reject"],
+                "params_input": {},
+                "responded_at": "2026-01-01T00:00:00+00:00",
+                "responded_by_user": None,
+            },
+            "timed out",
+            "",
+        ),  # fmt: skip
         (None, "not answered", ""),
     ],
 )
