@@ -25,7 +25,6 @@ import datetime as dt
 import importlib.util
 import json
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -69,29 +68,7 @@ INPUT_DAY, CHOSEN_ROWS = dt.date(2026, 4, 4), 137  # the SQL pipeline scores a c
 REPEATED_DAY = dt.date(2026, 4, 5)  # the file pipeline's batch with a repeated lookup key
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint(tmp_path_factory):
-    """moto's S3 server on a loopback port, as tests/integration/test_s3_lifecycle.py starts it."""
-    port = _free_port()
-    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
-    )
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}"
-    server.terminate()
-    server.wait(timeout=10)
+s3_endpoint = _load("lifecycle_tests_moto_s3", "moto_s3.py").s3_endpoint
 
 
 def _airflow_uri(sqlalchemy_url: str) -> str:
@@ -121,7 +98,7 @@ def matrix(s3_endpoint, postgres_url, airflow_db, tmp_path_factory):
                 "conn_type": "aws",
                 "login": "testing",
                 "password": "testing",
-                "extra": {"endpoint_url": s3_endpoint, "region_name": "us-east-1"},
+                "extra": {"endpoint_url": s3_endpoint["url"], "region_name": "us-east-1"},
             }
         ),
     }
@@ -149,7 +126,7 @@ def matrix(s3_endpoint, postgres_url, airflow_db, tmp_path_factory):
                 if cell["storage"] == "s3":
                     root = f"s3://{BUCKET}/data/{name}"
                     env.update(aws, ARTIFACT_ROOT=f"s3://{BUCKET}/artifacts", MLFLOW_ARTIFACT_ROOT=f"s3://{BUCKET}/mlflow",
-                               MLFLOW_S3_ENDPOINT_URL=s3_endpoint)  # fmt: skip
+                               MLFLOW_S3_ENDPOINT_URL=s3_endpoint["url"])  # fmt: skip
                 else:
                     root = str(state / "data" / name)
                     env.update(ARTIFACT_ROOT=f"file://{state / 'artifacts'}",

@@ -4,12 +4,11 @@ fail with a clear error, and nothing is registered."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import boto3
@@ -19,29 +18,16 @@ pytestmark = pytest.mark.airflow
 BUCKET = "lifecycle-test"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _load_helper(name: str, filename: str):
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(filename))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint(tmp_path_factory):
-    port = _free_port()
-    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    yield {"url": url, "process": server}
-    server.terminate()
-    server.wait(timeout=10)
+s3_endpoint = _load_helper("lifecycle_tests_moto_s3", "moto_s3.py").s3_endpoint
 
 
 def _client(url: str):
