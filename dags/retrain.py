@@ -20,6 +20,7 @@ from lifecycle.airflow_glue import (
     fail_fast_on_bad_input,
     retrain_request_asset,
     run_date,
+    sqlalchemy_url,
     triggering_extra,
 )
 from lifecycle.config import PipelineConfig, load_all
@@ -180,7 +181,10 @@ def build(config: PipelineConfig) -> DAG:
             from lifecycle import retrain
 
             approval = context["ti"].xcom_pull(task_ids="evaluation.approve") if approve_mode else None
-            return retrain.promote(config, mlflow_run_id, challenger, evaluation, snap, approval)
+            return retrain.promote(
+                config, mlflow_run_id, challenger, evaluation, snap, approval,
+                run_id=context["run_id"], database_url=sqlalchemy_url(config.prediction.conn_id),
+            )  # fmt: skip
 
         @task.short_circuit(ignore_downstream_trigger_rules=False)
         def needs_approval(evaluation: dict) -> bool:

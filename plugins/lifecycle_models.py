@@ -242,6 +242,7 @@ def create_app() -> Any:
                 user=user.get_name(),
                 reason=body.reason,
                 expected_current=body.expected_current,
+                engine=_engine(config.prediction.conn_id),  # the registry history and the alias's lock
             )
         except models_page.RollbackError as err:
             raise HTTPException(err.status, str(err)) from None

@@ -65,13 +65,15 @@ def permanent_errors() -> tuple[type[BaseException], ...]:
     from lifecycle.config import ConfigError
     from lifecycle.features import SplitError
     from lifecycle.ingestion import SourceError
+    from lifecycle.model_trust import UntrustedModelError
     from lifecycle.scoring import ScoringBatchError
+    from lifecycle.storage import OutsideAllowedPrefixError
     from lifecycle.tracking import ChampionMovedError
     from lifecycle.validation import DataValidationError
 
     return (
         ConfigError, SourceError, DataValidationError, ScoringBatchError, NoChampionError, SplitError,
-        ChampionMovedError,
+        ChampionMovedError, UntrustedModelError, OutsideAllowedPrefixError,
     )  # fmt: skip
 
 

@@ -97,13 +97,10 @@ def plan_partitions(batch: dict[str, Any], partitions: int) -> list[list[int]]:
 def score(
     config: PipelineConfig, run_id: str, batch: dict[str, Any], champion: dict[str, Any], row_groups: list[int]
 ) -> dict[str, Any]:
-    import mlflow
-
+    from lifecycle import model_trust
     from lifecycle.scoring import score_partition
-    from lifecycle.tracking import mlflow_client
 
-    mlflow_client()
-    model = mlflow.sklearn.load_model(champion["model_uri"])
+    model = model_trust.load(champion["model_uri"])
     name = f"part-{row_groups[0]:05d}-{row_groups[-1]:05d}.parquet"
     out = storage.artifact_uri(config.name, run_id, "prediction", "scores", name)
     return score_partition(config, model, batch["uri"], row_groups, out)

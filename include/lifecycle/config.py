@@ -147,6 +147,9 @@ class Prediction(_Strict):
     conn_id: str = "predictions_db"
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
     chunk_size: int = Field(50_000, ge=100)
+    # Where the `input_uri` of a batch-prediction run may point (whole path segments). Empty: the folder
+    # of the first source's uri; a SQL source then allows none.
+    input_prefixes: list[str] = Field(default_factory=list)
 
 
 class Validation(_Strict):

@@ -72,6 +72,8 @@ def run_check(
     from lifecycle.predictions_db import engine_for
 
     key = dt.date.fromisoformat(batch_key)
+    # The URI comes from an Asset event, which anyone allowed to post events can write: only ours.
+    storage.require_under(batch_uri, [storage.pipeline_root(config.name)], "the event's batch_uri")
     engine = engine_for(database_url)
     try:
         scores, version = _batch_scores(engine, config.prediction.table, config.name, key)

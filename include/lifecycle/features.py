@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
@@ -14,25 +13,13 @@ from sklearn.preprocessing import FunctionTransformer, OneHotEncoder
 
 from lifecycle.config import PipelineConfig
 
-
-def prepare_raw(frame: pd.DataFrame, categorical: list[str], derived: dict[str, str]) -> pd.DataFrame:
-    """First step of every model: one dtype for category values, then the configured derived columns.
-
-    Category values arrive as pandas strings, objects, NaN or None depending on the source; casting them
-    here means a logged model scores raw rows from any reader the same way.
-    """
-    frame = frame.copy()
-    for column in categorical:
-        if column in frame:
-            values = frame[column].astype(object)
-            frame[column] = values.where(values.notna(), None)
-    for name, expression in derived.items():
-        frame[name] = pd.to_numeric(frame.eval(expression), errors="coerce").replace([np.inf, -np.inf], np.nan)
-    return frame
+# Models logged before 2026-12-03 name `lifecycle.features.prepare_raw`: this import keeps them loading.
+from lifecycle_runtime.v1 import prepare_raw, prepared_names
 
 
 def _prepared_names(transformer: FunctionTransformer, input_features: Any) -> list[str]:
-    return [*input_features, *transformer.kw_args["derived"]]
+    """Models logged before 2026-12-03 name this function (and `prepare_raw` above): keep both importable."""
+    return prepared_names(transformer, input_features)
 
 
 def feature_types(config: PipelineConfig, frame: pd.DataFrame) -> tuple[list[str], list[str]]:
@@ -77,7 +64,7 @@ def build_preprocessor(config: PipelineConfig, frame: pd.DataFrame) -> Pipeline:
     prepare = FunctionTransformer(
         prepare_raw,
         kw_args={"categorical": categorical, "derived": derived},
-        feature_names_out=_prepared_names,
+        feature_names_out=prepared_names,
     )
     return Pipeline([("prepare", prepare), ("columns", columns)])
 

@@ -95,6 +95,20 @@ class Champion:
 
 
 @dataclass
+class AliasMove:
+    """One period of the registry history: `version` was champion from `since` until `until` (None: now)."""
+
+    version: str
+    since: str
+    until: str | None
+    moved_by: str
+    how: str  # gate, rollback or observed
+    reason: str
+    previous_version: str | None
+    airflow_run_id: str | None
+
+
+@dataclass
 class Batch:
     batch_key: str
     rows: int
@@ -126,6 +140,7 @@ class PipelineView:
     js: DriftSeries | None = None
     latest_evaluation_run: str | None = None  # Airflow run id whose evaluation/report.html is the latest
     latest_drift: dict[str, str] | None = None  # {"batch_key", "airflow_run_id"} of the newest drift check
+    history: list[AliasMove] = field(default_factory=list)  # newest first
     errors: list[str] = field(default_factory=list)
     mlflow_calls: int = 0
     sql_queries: int = 0
@@ -386,6 +401,27 @@ def load_database(
             view.latest_drift = {"batch_key": rows[-1][0], "airflow_run_id": rows[-1][6]}
 
 
+def _utc_iso(value: Any) -> str | None:
+    if value is None:
+        return None
+    when = value if value.tzinfo else value.replace(tzinfo=dt.UTC)  # SQLite returns naive UTC
+    return when.astimezone(dt.UTC).isoformat(timespec="seconds")
+
+
+def load_history(view: PipelineView, engine: sa.Engine) -> None:
+    from lifecycle.registry_history import periods
+
+    view.history = [
+        AliasMove(
+            version=row["version"], since=_utc_iso(row["moved_at"]), until=_utc_iso(row["until"]),
+            moved_by=row["moved_by"], how=row["how"], reason=row["reason"] or "",
+            previous_version=row["previous_version"], airflow_run_id=row["airflow_run_id"],
+        )
+        for row in periods(engine, view.model_name)
+    ]  # fmt: skip
+    view.sql_queries += 1
+
+
 def _series(rows: list[tuple], metric: str, default_threshold: float) -> DriftSeries | None:
     """Rows of (day, feature, metric, value, threshold, drifted, run id) as one line per feature."""
     chosen = [r for r in rows if r[2] == metric]
@@ -435,6 +471,7 @@ def pipeline_view(
     if engine is not None:
         try:
             load_database(view, config, engine, max_batches=max_batches)
+            load_history(view, engine)
         except sa.exc.SQLAlchemyError as err:
             view.errors.append(f"the predictions database could not be read: {type(err).__name__}: {err}")
     return view
@@ -449,17 +486,37 @@ def rollback(
     reason: str = "",
     expected_current: int | str | None = None,
     now: dt.datetime | None = None,
+    engine: sa.Engine,
 ) -> dict[str, Any]:
     """Move the `champion` alias to an existing earlier version, recording who, when, from what and why.
 
     `expected_current` is the champion the user saw: if another promotion or rollback moved the alias
-    since, nothing changes (RollbackError with status 409).
+    since, nothing changes (RollbackError with status 409). The check and the move happen under the
+    alias's lock in `engine`'s database, where the move joins the registry history.
     """
-    from mlflow.exceptions import MlflowException
+    from lifecycle import registry_history
 
     target = str(version).strip()
     if not target.isdigit():
         raise RollbackError(f"version must be a number, got {version!r}")
+    with registry_history.alias_lock(engine, model_name) as conn:
+        return _rollback_locked(client, conn, model_name, target, user, reason, expected_current, now)
+
+
+def _rollback_locked(
+    client: Any,
+    conn: sa.Connection,
+    model_name: str,
+    target: str,
+    user: str,
+    reason: str,
+    expected_current: int | str | None,
+    now: dt.datetime | None,
+) -> dict[str, Any]:
+    from mlflow.exceptions import MlflowException
+
+    from lifecycle import registry_history
+
     try:
         current = client.get_model_version_by_alias(model_name, CHAMPION)
     except MlflowException as err:
@@ -467,6 +524,8 @@ def rollback(
             raise
         current = None
     current_version = str(current.version) if current is not None else None
+    moment = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+    registry_history.observe(conn, model_name, current_version, at=moment)
     if expected_current not in (None, "") and str(expected_current) != current_version:
         raise RollbackError(
             f"the champion of {model_name} is version {current_version}, not {expected_current}: reload the page",
@@ -482,12 +541,15 @@ def rollback(
         raise
     if str(getattr(chosen, "status", "READY")) not in ("READY", "ModelVersionStatus.READY"):
         raise RollbackError(f"version {target} of {model_name} is {chosen.status}, not READY", status=409)
-    at = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC).isoformat(timespec="seconds")
+    at = moment.isoformat(timespec="seconds")
     # The audit tags first: a rollback that dies half-way leaves a record, never an unexplained alias move.
     tags = {"rollback.by": user, "rollback.at": at, "rollback.from": current_version or "", "rollback.reason": reason}
     for key, value in tags.items():
         client.set_model_version_tag(model_name, target, key, value[:5000])
     client.set_registered_model_alias(model_name, CHAMPION, target)
+    registry_history.record(
+        conn, model_name, target, previous=current_version, moved_by=user, how="rollback", reason=reason, at=moment
+    )
     return {"model": model_name, "champion": int(target), "previous": current_version, "by": user, "at": at}
 
 
@@ -901,6 +963,28 @@ def _versions_table(view: PipelineView, links: Links) -> str:
     )
 
 
+def _history_table(view: PipelineView, links: Links) -> str:
+    if not view.history:
+        return '<p class="empty">No alias move recorded yet.</p>'
+    rows = []
+    for move in view.history:
+        run = (
+            f' <a data-top href="{_e(links.airflow_run(view.retrain_dag_id, move.airflow_run_id))}">Airflow run</a>'
+            if move.airflow_run_id
+            else ""
+        )
+        came = f"from v{_e(move.previous_version)}" if move.previous_version else "first champion"
+        rows.append(
+            f'<tr class="{"champion" if move.until is None else ""}"><td>v{_e(move.version)}</td>'
+            f"<td>{_e(_when(move.since))}</td><td>{_e(_when(move.until)) if move.until else 'now'}</td>"
+            f"<td>{_e(move.how)}</td><td>{_e(move.moved_by)}</td><td>{came}</td><td>{_e(move.reason)}{run}</td></tr>"
+        )
+    return (
+        '<table id="alias-history"><tr><th>champion</th><th>from</th><th>until</th><th>how</th><th>by</th>'
+        f"<th>replaced</th><th>why</th></tr>{''.join(rows)}</table>"
+    )
+
+
 def _mlflow_ui_link(links: Links, run: RetrainRun) -> str:
     url = links.mlflow_ui_run(run.experiment_id, run.mlflow_run_id)
     return f' <a data-top href="{_e(url)}">(UI)</a>' if url else ""
@@ -951,6 +1035,8 @@ def render_pipeline(view: PipelineView, links: Links, *, can_rollback: bool) -> 
 {drift_chart(view.psi, "chart-psi", "PSI")}
 <h2>Drift per feature over batches: Jensen–Shannon distance (categorical features)</h2>
 {drift_chart(view.js, "chart-js", "JS distance")}
+<h2>Champion history <span class="muted">(every move of models:/{_e(view.model_name)}@champion)</span></h2>
+{_history_table(view, links)}
 <h2>Registered versions</h2>
 {_versions_table(view, links)}
 </section>"""

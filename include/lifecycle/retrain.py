@@ -14,17 +14,6 @@ from typing import Any
 from lifecycle import storage
 from lifecycle.config import PipelineConfig
 
-# Types our models are made of, beyond scikit-learn's own: skops refuses to load anything unlisted.
-SKOPS_TRUSTED_TYPES = [
-    "collections.OrderedDict",
-    "numpy.dtype",
-    "lightgbm.basic.Booster",
-    "lightgbm.sklearn.LGBMClassifier",
-    "lightgbm.sklearn.LGBMRegressor",
-    "lifecycle.features.prepare_raw",
-    "lifecycle.features._prepared_names",
-]
-
 
 def _dump(obj: Any) -> bytes:
     import joblib
@@ -229,6 +218,7 @@ def _log_model(
     from mlflow.models import infer_signature
 
     from lifecycle.metrics import scores
+    from lifecycle.model_trust import RUNTIME_CODE, TRUSTED_TYPES, record_digests
 
     example = train[columns].head(5)
     validation = storage.read_parquet(features["splits"]["validation"])
@@ -245,9 +235,12 @@ def _log_model(
             input_example=example,
             pyfunc_predict_fn=predict_fn,
             pip_requirements=_requirements(),
-            skops_trusted_types=SKOPS_TRUSTED_TYPES,
+            serialization_format="skops",
+            skops_trusted_types=TRUSTED_TYPES,
+            code_paths=[RUNTIME_CODE],
             tags={"pipeline": config.name, "model.family": "lightgbm" if name == "model" else "linear"},
         )
+    record_digests(info.model_id, info.model_uri)
     return {
         "model_uri": info.model_uri,
         "model_id": getattr(info, "model_id", None),
@@ -267,7 +260,9 @@ def _score_column(config: PipelineConfig, model: Any, frame: Any) -> Any:
 def _requirements() -> list[str]:
     from importlib.metadata import version
 
-    return [f"{p}=={version(p)}" for p in ("scikit-learn", "lightgbm", "pandas", "numpy", "mlflow")]
+    # Everything a clean environment needs to load and serve the model (its own code ships in `code/`).
+    packages = ("scikit-learn", "scipy", "lightgbm", "pandas", "numpy", "skops", "mlflow")
+    return [f"{p}=={version(p)}" for p in packages]
 
 
 def _metrics(config: PipelineConfig, model: Any, frame: Any, columns: list[str]) -> dict[str, float]:
@@ -303,7 +298,7 @@ def evaluate(
     import mlflow
     import pandas as pd
 
-    from lifecycle import tracking
+    from lifecycle import model_trust, tracking
     from lifecycle.drift import add_day_to_day, numeric_profile
     from lifecycle.gate import decide
     from lifecycle.metrics import align, bootstrap_difference, compute, scores
@@ -317,12 +312,12 @@ def evaluate(
     task, primary, threshold = config.task, config.training.primary_metric, config.prediction.threshold
 
     candidates = {c["family"]: c for c in (challenger, baseline)}
-    models = {family: mlflow.sklearn.load_model(c["model_uri"]) for family, c in candidates.items()}
+    models = {family: model_trust.load(c["model_uri"]) for family, c in candidates.items()}
     # The champion by the version read here (not the alias again: it could move in between).
     champion_version = tracking.champion(config.registered_model_name)
     champion_model = None
     if champion_version is not None:
-        champion_model = mlflow.sklearn.load_model(f"models:/{config.registered_model_name}/{champion_version.version}")
+        champion_model = model_trust.load(f"models:/{config.registered_model_name}/{champion_version.version}")
     classes = _holdout_classes(task, [*models.values(), champion_model])
 
     def curve(model: Any) -> Any:
@@ -437,12 +432,17 @@ def promote(
     evaluation: dict[str, Any],
     snapshot: dict[str, Any],
     approval: dict[str, Any] | None = None,
+    *,
+    run_id: str,
+    database_url: str,
 ) -> dict[str, Any]:
     """Register and alias the challenger when the gate (and, in approve mode, a person) said so.
 
-    Otherwise the challenger's run and model are tagged with the reason, and the champion stays.
+    Otherwise the challenger's run and model are tagged with the reason, and the champion stays. The move
+    is recorded in the registry history of the predictions database (`database_url`).
     """
     from lifecycle import tracking
+    from lifecycle.predictions_db import engine_for
 
     client = tracking.mlflow_client()
     action, answer = evaluation["action"], {}
@@ -464,9 +464,16 @@ def promote(
     }
     version = None
     if action == "promote":
-        version = tracking.register_champion(
-            model_uri, config.registered_model_name, tags, mlflow_run_id, evaluation.get("champion_version")
-        )
+        approver = answer.get("gate.approved_by")
+        engine = engine_for(database_url)
+        try:
+            version = tracking.register_champion(
+                model_uri, config.registered_model_name, tags, mlflow_run_id, evaluation.get("champion_version"),
+                engine=engine, moved_by=f"{approver} (approval)" if approver else "the gate",
+                reason=evaluation["reason"], airflow_run_id=run_id,
+            )  # fmt: skip
+        finally:
+            engine.dispose()
     if model_id:
         client.set_logged_model_tags(model_id, tags)
     client.set_tag(mlflow_run_id, "gate.action", action)

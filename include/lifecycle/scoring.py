@@ -7,6 +7,7 @@ row groups, so mapped Airflow tasks on several workers can score one large batch
 from __future__ import annotations
 
 import datetime as dt
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +36,17 @@ def _file_chunks(uri: str, fmt: str, chunk_size: int, work: Path) -> Iterator[pd
         yield batch.to_pandas()
 
 
+def input_prefixes(config: PipelineConfig) -> list[str]:
+    """Where a trigger's `input_uri` may point: as configured, else the first source's folder."""
+    if config.prediction.input_prefixes:
+        return list(config.prediction.input_prefixes)
+    uri = config.sources[0].uri
+    if uri is None:
+        return []
+    fixed = re.split(r"[*?\[{]", uri, maxsplit=1)[0]
+    return [fixed.rsplit("/", 1)[0] + "/"] if "/" in fixed else []
+
+
 def _base_chunks(
     config: PipelineConfig,
     input_uri: str | None,
@@ -47,6 +59,7 @@ def _base_chunks(
     base = config.sources[0]
     next_day = day + dt.timedelta(days=1)
     if input_uri is not None:  # a file chosen at trigger time is scored whole, whatever the source's kind
+        storage.require_under(input_uri, input_prefixes(config), "input_uri")
         if not storage.exists(input_uri):
             raise SourceError(f"input_uri {input_uri} does not exist")
         yield from _file_chunks(input_uri, "csv" if input_uri.endswith(".csv") else "parquet", chunk_size, work)

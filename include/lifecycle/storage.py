@@ -34,8 +34,37 @@ def run_key(run_id: str) -> str:
     return key
 
 
+def pipeline_root(pipeline: str) -> str:
+    return f"{get_settings().artifact_root}/{pipeline}/"
+
+
 def artifact_uri(pipeline: str, run_id: str, *parts: str) -> str:
     return "/".join([get_settings().artifact_root, pipeline, run_key(run_id), *parts])
+
+
+class OutsideAllowedPrefixError(ValueError):
+    """A URI from a trigger form or an event that points outside where the pipeline may read."""
+
+
+def _normalised(uri: str) -> tuple[str, str]:
+    scheme, bucket, key = _split(uri)
+    if scheme == "s3":
+        if any(part in (".", "..") for part in key.split("/")):
+            raise OutsideAllowedPrefixError(f"{uri} has '.' or '..' segments")
+        return "s3", f"{bucket}/{key}"
+    return "file", os.path.realpath(key)  # symlinks and '..' resolved before comparing
+
+
+def require_under(uri: str, prefixes: list[str], what: str) -> str:
+    """`uri` when it lies under one of `prefixes` (whole path segments, not string prefixes), else an error."""
+    scheme, path = _normalised(uri)
+    for prefix in prefixes:
+        prefix_scheme, root = _normalised(prefix)
+        root = root.rstrip("/")
+        if scheme == prefix_scheme and (path == root or path.startswith(root + "/")):
+            return uri
+    allowed = ", ".join(prefixes) or "nowhere (no prefix configured)"
+    raise OutsideAllowedPrefixError(f"{what} {uri} is outside the prefixes this pipeline may read: {allowed}")
 
 
 def _split(uri: str) -> tuple[str, str, str]:

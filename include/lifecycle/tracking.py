@@ -74,15 +74,24 @@ def register_champion(
     tags: dict[str, str],
     run_id: str,
     expected_champion: str | None,
+    *,
+    engine: Any,
+    moved_by: str,
+    reason: str = "",
+    airflow_run_id: str | None = None,
 ) -> str:
     """Register the model once and move the alias only if the champion is still the one the gate judged against.
 
     Safe under Airflow's retries: a second attempt finds the version the first one registered (find before
-    create), and one whose alias move already happened returns that version. If someone or something moved
-    the champion since the decision (a rollback during an approval wait, another retrain), nothing is
-    moved and the error names both versions.
+    create), and one whose alias move already happened returns that version (recording the move if the
+    first attempt died before it could). If someone or something moved the champion since the decision
+    (a rollback during an approval wait, another retrain), nothing is moved and the error names both
+    versions. The check and the move happen under the alias's database lock (`registry_history`), so two
+    racing promotions cannot both pass the check.
     """
     import mlflow
+
+    from lifecycle import registry_history
 
     client = mlflow_client()
     try:
@@ -96,18 +105,29 @@ def register_champion(
     if version is None:
         version = mlflow.register_model(model_uri, model_name, tags={**tags, "lifecycle.model_uri": model_uri})
     number = str(version.version)
-    current = champion(model_name)
-    current_number = str(current.version) if current is not None else None
-    if current_number == number:
-        return number
-    expected = str(expected_champion) if expected_champion is not None else None
-    if current_number != expected:
-        raise ChampionMovedError(
-            f"models:/{model_name}@{CHAMPION} is version {current_number}, but the gate compared against "
-            f"{'no champion' if expected is None else f'version {expected}'}: version {number} is registered "
-            "and not promoted; run the retrain again to decide against the current champion"
-        )
-    if current_number is not None:
-        client.set_model_version_tag(model_name, number, "previous_champion", current_number)
-    client.set_registered_model_alias(model_name, CHAMPION, number)
+    with registry_history.alias_lock(engine, model_name) as conn:
+        current = champion(model_name)
+        current_number = str(current.version) if current is not None else None
+        if current_number == number:  # a retry after the move: make sure the history has it
+            if registry_history.last_version(conn, model_name) != number:
+                registry_history.record(
+                    conn, model_name, number, previous=registry_history.last_version(conn, model_name),
+                    moved_by=moved_by, how="gate", reason=reason, airflow_run_id=airflow_run_id, mlflow_run_id=run_id,
+                )  # fmt: skip
+            return number
+        registry_history.observe(conn, model_name, current_number)
+        expected = str(expected_champion) if expected_champion is not None else None
+        if current_number != expected:
+            raise ChampionMovedError(
+                f"models:/{model_name}@{CHAMPION} is version {current_number}, but the gate compared against "
+                f"{'no champion' if expected is None else f'version {expected}'}: version {number} is registered "
+                "and not promoted; run the retrain again to decide against the current champion"
+            )
+        if current_number is not None:
+            client.set_model_version_tag(model_name, number, "previous_champion", current_number)
+        client.set_registered_model_alias(model_name, CHAMPION, number)
+        registry_history.record(
+            conn, model_name, number, previous=current_number, moved_by=moved_by, how="gate", reason=reason,
+            airflow_run_id=airflow_run_id, mlflow_run_id=run_id,
+        )  # fmt: skip
     return number

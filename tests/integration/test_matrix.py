@@ -139,14 +139,19 @@ def matrix(s3_endpoint, postgres_url, airflow_db, tmp_path_factory):
                 else:
                     base = md.write_base(data, cell["layout"], root, cell["format"])
                     lookup = md.write_lookup(root)
-                md.write_pipeline(pipelines, md.pipeline_dict(name, cell["task"], [base, lookup]))
+                # A SQL base source has no folder: the file chosen at trigger time must be allowed by name.
+                uploads = (
+                    {"prediction": {"input_prefixes": [str(state / "uploads")]}} if cell["layout"] == "sql" else {}
+                )
+                md.write_pipeline(pipelines, md.pipeline_dict(name, cell["task"], [base, lookup], **uploads))
                 cells[name] = {**cell, "env": env, "day_rows": len(md.day_rows(data, BATCH_DAY)), "rows": len(data),
                                "lookup_uri": lookup.get("uri")}  # fmt: skip
                 if cell["layout"] == "sql":
                     chosen = md.day_rows(data, REPEATED_DAY).head(CHOSEN_ROWS)
-                    chosen.to_parquet(state / "chosen.parquet", index=False)
+                    (state / "uploads").mkdir(exist_ok=True)
+                    chosen.to_parquet(state / "uploads" / "chosen.parquet", index=False)
                     cells[name]["chosen"] = {
-                        "uri": str(state / "chosen.parquet"),
+                        "uri": str(state / "uploads" / "chosen.parquet"),
                         "ids": sorted(map(str, chosen[md.ID])),
                     }
             data = md.frame("binary")

@@ -98,7 +98,8 @@ def test_bad_scoring_batch_is_rejected_and_nothing_is_written(champion, demo_dat
     url = f"sqlite:///{tmp_path / 'predictions.db'}"
     bad = pd.read_parquet(demo_data / "activity" / "date=2026-02-16" / "part.parquet").drop(columns=["device"])
     bad["monthly_spend"] = bad["monthly_spend"].astype(str).str.replace(".", ",", regex=False)
-    bad_path = tmp_path / "bad.parquet"
+    bad_path = demo_data / "activity" / "uploads" / "bad.parquet"  # under the source folder, where input_uri may point
+    bad_path.parent.mkdir(exist_ok=True)
     bad.to_parquet(bad_path, index=False)
     result = _run(PREDICT, "2026-02-16", {"input_uri": str(bad_path)}, AIRFLOW_CONN_PREDICTIONS_DB=url)
     assert result.returncode != 0

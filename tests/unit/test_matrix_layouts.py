@@ -314,9 +314,16 @@ def test_scoring_a_staged_batch_per_task(models, cells, task):
 def test_sql_base_source_scores_the_input_uri_when_given(cells, tmp_path):
     cell = cells("regression", "sql", "local")
     chosen = md.day_rows(cell.data, dt.date(2026, 3, 26)).head(130)
-    path = tmp_path / "chosen.parquet"
+    path = tmp_path / "uploads" / "chosen.parquet"
+    path.parent.mkdir()
     chosen.to_parquet(path, index=False)
-    staged = scoring.stage_batch(cell.config, BATCH_DAY, f"file://{tmp_path}/batch.parquet", str(path), cell.urls)
+    # A SQL base source has no folder of its own: the prefix an input_uri may use is configured.
+    with pytest.raises(storage.OutsideAllowedPrefixError, match="no prefix configured"):
+        scoring.stage_batch(cell.config, BATCH_DAY, f"file://{tmp_path}/batch.parquet", str(path), cell.urls)
+    config = cell.config.model_copy(
+        update={"prediction": cell.config.prediction.model_copy(update={"input_prefixes": [str(path.parent)]})}
+    )
+    staged = scoring.stage_batch(config, BATCH_DAY, f"file://{tmp_path}/batch.parquet", str(path), cell.urls)
     assert staged["rows"] == 130 and staged["input_uri"] == str(path)
     assert _keys(pd.read_parquet(tmp_path / "batch.parquet")) == _keys(chosen)
 

@@ -181,7 +181,7 @@ def test_the_view_reads_mlflow_and_the_database_in_few_calls(demo):
     # MLflow: experiment, retrain runs, registered model (aliases), versions; no call per run or version.
     assert len(client.calls) == view.mlflow_calls <= 5, client.calls
     assert client.calls.count("search_runs") == 1
-    assert view.sql_queries == 2
+    assert view.sql_queries == 3  # rows per batch, drift per feature, the registry history
 
     assert [r.as_of for r in view.runs] == ["2026-03-03", "2026-03-02", "2026-03-01"]  # newest first
     wider = view.runs[1]
@@ -295,7 +295,10 @@ def test_the_page_shows_runs_links_charts_and_escapes_what_it_shows(demo):
     assert 'id="rollback-form"' not in readonly and "needs permission" in readonly
 
 
-def test_rollback_moves_the_alias_and_records_who_when_and_why(store, make_config):
+def test_rollback_moves_the_alias_and_records_who_when_and_why(store, make_config, tmp_path):
+    from lifecycle.predictions_db import engine_for
+
+    engine = engine_for(f"sqlite:///{tmp_path / 'predictions.db'}")
     client = store["client"]
     config = make_config(name="rollback_demo")
     experiment = client.create_experiment("lifecycle/rollback_demo")
@@ -305,17 +308,17 @@ def test_rollback_moves_the_alias_and_records_who_when_and_why(store, make_confi
                      day=day, as_of=f"2026-03-0{day}", reason="r", verdict="promote", auc=0.8, register=True)  # fmt: skip
 
     with pytest.raises(models_page.RollbackError) as stale:
-        models_page.rollback(client, "rollback_demo", 1, user="ann", expected_current=1)
+        models_page.rollback(client, "rollback_demo", 1, user="ann", expected_current=1, engine=engine)
     assert stale.value.status == 409
     for version, status in ((2, 409), (7, 404), ("1; drop", 400)):
         with pytest.raises(models_page.RollbackError) as refused:
-            models_page.rollback(client, "rollback_demo", version, user="ann")
+            models_page.rollback(client, "rollback_demo", version, user="ann", engine=engine)
         assert refused.value.status == status
     assert str(client.get_model_version_by_alias("rollback_demo", "champion").version) == "2"
 
     when = dt.datetime(2026, 3, 4, 12, 30, tzinfo=dt.UTC)
     done = models_page.rollback(
-        client, "rollback_demo", "1", user="ann", reason="v2 misbehaves", expected_current="2", now=when
+        client, "rollback_demo", "1", user="ann", reason="v2 misbehaves", expected_current="2", now=when, engine=engine
     )
     assert done == {
         "model": "rollback_demo",
@@ -337,6 +340,16 @@ def test_rollback_moves_the_alias_and_records_who_when_and_why(store, make_confi
     assert view.champion.why == "rolled back from version 2: v2 misbehaves"
     page = models_page.render_page([view], ["rollback_demo"], models_page.Links(), can_rollback={"rollback_demo": True})
     assert "rolled back 2026-03-04 12:30:00 UTC by ann" in page
+
+    # The registry history: version 2 was found on the alias (moved before the history was kept), then the rollback.
+    view = models_page.pipeline_view(config, client, engine)
+    assert [(m.version, m.how, m.moved_by, m.until) for m in view.history] == [
+        ("1", "rollback", "ann", None), ("2", "observed", "unknown", "2026-03-04T12:30:00+00:00"),
+    ]  # fmt: skip
+    page = models_page.render_page([view], ["rollback_demo"], models_page.Links(), can_rollback={})
+    history = re.search(r'<table id="alias-history">.*?</table>', page, re.S).group(0)
+    assert "<td>v1</td><td>2026-03-04 12:30:00 UTC</td><td>now</td><td>rollback</td><td>ann</td>" in history
+    assert "<td>from v2</td><td>v2 misbehaves</td>" in history
 
 
 def test_run_details_only_for_the_pipelines_experiment(demo, store):

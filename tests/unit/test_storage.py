@@ -147,3 +147,40 @@ def test_parquet_bytes_are_readable_by_pandas(tmp_path):
     uri = f"file://{tmp_path}/f.parquet"
     storage.write_parquet(uri, pd.DataFrame({"a": [1, 2]}))
     assert pd.read_parquet(io.BytesIO(storage.read_bytes(uri)))["a"].tolist() == [1, 2]
+
+
+def test_a_uri_must_lie_under_an_allowed_prefix_by_whole_segments(tmp_path):
+    allowed = [str(tmp_path / "in"), "s3://bucket/uploads/"]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.parquet").write_bytes(b"")
+    assert storage.require_under(str(tmp_path / "in" / "a.parquet"), allowed, "input_uri")
+    assert storage.require_under(f"file://{tmp_path}/in/a.parquet", allowed, "input_uri")
+    assert storage.require_under("s3://bucket/uploads/day/a.csv", allowed, "input_uri")
+    for outside in (
+        str(tmp_path / "inside-not.parquet"),  # a string prefix, not a folder of the allowed one
+        str(tmp_path / "in" / ".." / "secret.txt"),
+        "/etc/passwd",
+        "s3://bucket/uploadsx/a.csv",
+        "s3://other/uploads/a.csv",
+    ):
+        with pytest.raises(storage.OutsideAllowedPrefixError, match="input_uri .* is outside the prefixes"):
+            storage.require_under(outside, allowed, "input_uri")
+    with pytest.raises(storage.OutsideAllowedPrefixError, match="'..' segments"):
+        storage.require_under("s3://bucket/uploads/../private/a.csv", allowed, "input_uri")
+
+
+def test_a_symlink_out_of_an_allowed_folder_is_refused(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "link").symlink_to("/etc")
+    with pytest.raises(storage.OutsideAllowedPrefixError):
+        storage.require_under(str(tmp_path / "in" / "link" / "passwd"), [str(tmp_path / "in")], "input_uri")
+
+
+def test_input_uri_defaults_to_the_folder_of_the_first_source(make_config):
+    from lifecycle.scoring import input_prefixes
+
+    config = make_config()
+    assert input_prefixes(config) == [config.sources[0].uri.split("date={date}")[0]]
+    assert input_prefixes(config)[0].endswith("/demo_churn/activity/")
+    chosen = make_config(prediction={"input_prefixes": ["s3://bucket/uploads"]})
+    assert input_prefixes(chosen) == ["s3://bucket/uploads"]
