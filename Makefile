@@ -19,7 +19,7 @@ export DATA_ROOT ?= $(LOCAL)/data
 export AIRFLOW_CONN_PREDICTIONS_DB ?= sqlite:///$(LOCAL)/predictions.db
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install demo test lint format airflow bench lock clean
+.PHONY: help install demo test lint format airflow portable bench lock clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -61,6 +61,10 @@ check: $(STAMP) ## Check a pipeline YAML against its data: PIPELINE=<file> [DATE
 run: $(STAMP) ## Run one DAG once on the embedded default: DAG=<dag_id> DATE=<YYYY-MM-DD> [CONF='{...}']
 	@test -n "$(DAG)" -a -n "$(DATE)" || { echo "usage: make run DAG=<pipeline>__retrain DATE=YYYY-MM-DD [CONF='{\"reason\": \"...\"}']"; exit 2; }
 	$(PY) -m lifecycle run $(DAG) $(DATE) $(if $(CONF),--conf '$(CONF)')
+
+portable: $(STAMP) ## Load, predict and serve a champion from a clean virtualenv: PIPELINE=<file> [DATE=<batch>]
+	@test -n "$(PIPELINE)" || { echo "usage: make portable PIPELINE=include/pipelines/<name>.yaml [DATE=YYYY-MM-DD]"; exit 2; }
+	$(PY) -m lifecycle portable $(PIPELINE) $(if $(DATE),--date $(DATE))
 
 bench: $(STAMP) ## Run the benchmark scripts and print their numbers
 	$(PY) benchmarks/parse_time.py

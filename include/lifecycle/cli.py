@@ -1,5 +1,6 @@
-"""`python -m lifecycle check|run`: the newcomer's loop, check a pipeline YAML against its data, then run its
-DAGs once on the embedded default (the environment `make demo` uses; variables already set win).
+"""`python -m lifecycle check|run|portable`: the newcomer's loop, check a pipeline YAML against its data, run
+its DAGs once on the embedded default (the environment `make demo` uses; variables already set win), and
+prove its champion runs outside this repository.
 
 Imports nothing heavy at the top: `--help` and argument errors answer at once, and Airflow is imported only
 where a SQL source needs a connection.
@@ -45,9 +46,16 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("dag_id", help="<pipeline>__retrain, <pipeline>__batch_predict or <pipeline>__drift_check")
     run.add_argument("date", type=dt.date.fromisoformat, help="the logical date, YYYY-MM-DD")
     run.add_argument("--conf", type=_conf, default={}, help="the run's Params as a JSON object")
+    portable = commands.add_parser(
+        "portable", help="load, predict and serve the champion from a clean virtualenv; compare with batch rows"
+    )
+    portable.add_argument("pipeline", type=Path, help="the pipeline YAML file")
+    portable.add_argument("--date", type=dt.date.fromisoformat, help="the batch to compare (default: the newest)")
+    portable.add_argument("--no-serve", action="store_true", help="skip `mlflow models serve`")
     args = parser.parse_args(argv)
     embedded_environment()
-    return check_command(args) if args.command == "check" else run_command(args)
+    handlers = {"check": check_command, "run": run_command, "portable": portable_command}
+    return handlers[args.command](args)
 
 
 def _days(text: str) -> int:
@@ -123,6 +131,25 @@ def check_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 1 if report["errors"] else 0
+
+
+def portable_command(args: argparse.Namespace) -> int:
+    from lifecycle.config import load_pipeline
+    from lifecycle.portable import PortabilityError, check
+
+    config = load_pipeline(args.pipeline)
+    urls = connection_urls([config.prediction.conn_id, *(s.conn_id for s in config.sources if s.sql is not None)])
+    if config.prediction.conn_id not in urls:
+        print(f"ERROR    connection {config.prediction.conn_id!r} (prediction.conn_id) is not defined")
+        return 1
+    try:
+        result = check(config, urls[config.prediction.conn_id], args.date and args.date.isoformat(), urls,
+                       serve=not args.no_serve)  # fmt: skip
+    except PortabilityError as err:
+        print(f"ERROR    {err}")
+        return 1
+    print(json.dumps(result, indent=2))
+    return 0
 
 
 def run_command(args: argparse.Namespace) -> int:
