@@ -1,7 +1,8 @@
 """Static checks of the production-like stack: docker-compose.yml, the Dockerfiles, .env.example.
 
-Plain YAML and text parsing, so they run without Docker. One test also runs `docker compose config`
-when a Docker CLI with the compose plugin is installed, and is skipped otherwise.
+Plain YAML and text parsing, so they run without Docker. One test also runs `docker compose config` with
+the compose binary of the virtualenv (no Docker engine needed). tests/integration/test_mlflow_auth.py runs
+the mlflow image's entrypoint for real.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 MLFLOW_DOCKERFILE = ROOT / "docker" / "mlflow" / "Dockerfile"
+MLFLOW_ENTRYPOINT = ROOT / "docker" / "mlflow" / "entrypoint.sh"
+POSTGRES_INIT = ROOT / "docker" / "postgres-init" / "01-databases.sh"
 ENV_EXAMPLE = ROOT / ".env.example"
 REQUIREMENTS = ROOT / "requirements.txt"
 PYPROJECT = ROOT / "pyproject.toml"
@@ -52,6 +55,8 @@ EXPECTED_SECRETS = {
     "POSTGRES_PASSWORD",
     "AIRFLOW_DB_PASSWORD",
     "MLFLOW_DB_PASSWORD",
+    "MLFLOW_AUTH_ADMIN_PASSWORD",
+    "MLFLOW_FLASK_SERVER_SECRET_KEY",
     "PREDICTIONS_DB_PASSWORD",
     "MINIO_ROOT_USER",
     "MINIO_ROOT_PASSWORD",
@@ -416,7 +421,8 @@ def test_mlflow_version_matches_requirements() -> None:
     assert dockerfile_arg(MLFLOW_DOCKERFILE, "MLFLOW_VERSION") == version
     assert dockerfile_from_images(MLFLOW_DOCKERFILE)[0] == f"ghcr.io/mlflow/mlflow:v{version}"
     text = MLFLOW_DOCKERFILE.read_text()
-    for package in ("psycopg2-binary", "boto3"):
+    # The official image has core mlflow only: the basic-auth app needs Flask-WTF (mlflow's `auth` extra).
+    for package in ("psycopg2-binary", "boto3", "flask-wtf", "wtforms"):
         assert f'"{package}=={requirement_pin(package)}"' in text, f"{package} pin differs from requirements.txt"
 
 
@@ -469,6 +475,83 @@ def test_airflow_services_share_the_settings_the_project_needs() -> None:
         values = {env.get(key) for env in envs.values()}
         assert len(values) == 1 and None not in values, f"{key} is missing or differs between Airflow services"
     assert "airflow-apiserver" in services(), "the execution API URL names a service that does not exist"
+
+
+def required_variable(value: str) -> str | None:
+    """The variable of a value that is exactly one required reference, ${VAR:?message}; else None."""
+    match = re.fullmatch(r"\$\{([A-Za-z_][A-Za-z0-9_]*):\?[^}]+\}", value)
+    return match.group(1) if match else None
+
+
+def test_mlflow_runs_the_basic_auth_app() -> None:
+    svc = services()["mlflow"]
+    command = svc["command"]
+    assert isinstance(command, list) and command[:2] == ["mlflow", "server"], f"mlflow runs {command!r}"
+    joined = " ".join(command)
+    assert re.search(r"--app-name[= ]basic-auth\b", joined), f"the mlflow server runs without authentication: {joined}"
+    # The entrypoint renders the auth app's ini: compose must not bypass it.
+    assert "entrypoint" not in svc, "the mlflow service overrides the image's entrypoint (the auth config renderer)"
+    text = MLFLOW_DOCKERFILE.read_text()
+    assert "COPY --chmod=0755 entrypoint.sh /usr/local/bin/mlflow-entrypoint.sh" in text
+    assert re.search(r'^ENTRYPOINT \["/usr/local/bin/mlflow-entrypoint\.sh"\]$', text, re.MULTILINE), "no entrypoint"
+    assert re.search(r"^ENV MLFLOW_AUTH_CONFIG_PATH=/home/mlflow/\S+\.ini$", text, re.MULTILINE)
+    cmd = re.search(r"^CMD (\[.*\])$", text, re.MULTILINE)
+    assert cmd and "--app-name=basic-auth" in json.loads(cmd.group(1)), "the image's default command has no auth"
+    assert MLFLOW_ENTRYPOINT.is_file() and os.access(MLFLOW_ENTRYPOINT, os.X_OK), "entrypoint.sh is not executable"
+    script = MLFLOW_ENTRYPOINT.read_text()
+    assert script.startswith("#!/usr/bin/env bash\n") and "set -euo pipefail" in script
+    assert script.rstrip().endswith('exec "$@"'), "the entrypoint must exec the command (signals reach mlflow)"
+    # /health stays reachable without credentials (an unprotected route of the auth app, proven over HTTP by
+    # tests/integration/test_mlflow_auth.py), so the health check sends none.
+    check = healthcheck_command(svc)
+    assert "http://127.0.0.1:5000/health" in check and "Authorization" not in check, check
+
+
+def test_mlflow_credentials_come_from_env_without_defaults() -> None:
+    env = environment(services()["mlflow"])
+    for key in ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        assert required_variable(env.get(key, "")) == key, (
+            f"mlflow: {key}={env.get(key)!r}; it must be ${{{key}:?...}} from .env, with no default"
+        )
+    listed = read_env_example()
+    assert listed["MLFLOW_AUTH_ADMIN_PASSWORD"] == "" and listed["MLFLOW_FLASK_SERVER_SECRET_KEY"] == ""
+    assert listed["MLFLOW_AUTH_ADMIN_USERNAME"], ".env.example should suggest an admin user name"
+    # Users and permissions in PostgreSQL: a database of their own, owned by the mlflow role.
+    auth_db = urlsplit(resolve(env["MLFLOW_AUTH_DATABASE_URI"]))
+    backend = urlsplit(resolve(env["MLFLOW_BACKEND_STORE_URI"]))
+    assert auth_db.scheme == "postgresql" and auth_db.password == "<MLFLOW_DB_PASSWORD>", auth_db
+    assert (auth_db.hostname, auth_db.port, auth_db.username) == (backend.hostname, backend.port, backend.username)
+    assert auth_db.path == "/mlflow_auth" and backend.path == "/mlflow", "auth store and backend store share a db"
+    postgres_env = environment(services()["postgres"])
+    assert postgres_env.get("MLFLOW_AUTH_DB_NAME") == "${MLFLOW_AUTH_DB_NAME:-mlflow_auth}"
+    init = POSTGRES_INIT.read_text()
+    assert ': "${MLFLOW_AUTH_DB_NAME:=mlflow_auth}"' in init
+    assert 'create_database "$MLFLOW_AUTH_DB_NAME" "$MLFLOW_DB_USER" "$MLFLOW_DB_PASSWORD"' in init
+    # A default that lets every account write would undo the point of logging in.
+    default = resolve(env.get("MLFLOW_AUTH_DEFAULT_PERMISSION", ""))
+    assert default in ("READ", "NO_PERMISSIONS"), f"default_permission {default!r}"
+    # Every MLFLOW_* variable the entrypoint reads reaches the container (compose or the image's ENV).
+    image_env = set(re.findall(r"^ENV (MLFLOW_[A-Z_]+)=", MLFLOW_DOCKERFILE.read_text(), re.MULTILINE))
+    read = set(re.findall(r"\b(MLFLOW_[A-Z_]+)\b", MLFLOW_ENTRYPOINT.read_text()))
+    missing = sorted(read - set(env) - image_env)
+    assert not missing, f"docker/mlflow/entrypoint.sh reads {missing}, which the mlflow service does not get"
+
+
+def test_airflow_services_get_the_mlflow_client_credentials() -> None:
+    server = environment(services()["mlflow"])
+    expected = {
+        "MLFLOW_TRACKING_USERNAME": required_variable(server["MLFLOW_AUTH_ADMIN_USERNAME"]),
+        "MLFLOW_TRACKING_PASSWORD": required_variable(server["MLFLOW_AUTH_ADMIN_PASSWORD"]),
+    }
+    problems = []
+    for name, svc in sorted(services().items()):
+        env = environment(svc)
+        if name not in AIRFLOW_SERVICES and "MLFLOW_TRACKING_URI" not in env:
+            continue
+        for key, variable in expected.items():
+            if required_variable(env.get(key, "")) != variable:
+                problems.append(f"{name}: {key}={env.get(key)!r}, expected ${{{variable}:?...}}")
+    assert not problems, "MLflow clients without the server's credentials:\n" + "\n".join(problems)
 
 
 def test_workers_can_be_scaled() -> None:
