@@ -67,13 +67,13 @@ def permanent_errors() -> tuple[type[BaseException], ...]:
     from lifecycle.ingestion import SourceError
     from lifecycle.model_trust import UntrustedModelError
     from lifecycle.scoring import ScoringBatchError
-    from lifecycle.storage import OutsideAllowedPrefixError
+    from lifecycle.storage import OutsideAllowedPrefixError, TamperedArtifactError
     from lifecycle.tracking import ChampionMovedError
     from lifecycle.validation import DataValidationError
 
     return (
         ConfigError, SourceError, DataValidationError, ScoringBatchError, NoChampionError, SplitError,
-        ChampionMovedError, UntrustedModelError, OutsideAllowedPrefixError,
+        ChampionMovedError, UntrustedModelError, OutsideAllowedPrefixError, TamperedArtifactError,
     )  # fmt: skip
 
 

@@ -36,12 +36,14 @@ def ingest(
     return snapshot(config, dt.date.fromisoformat(as_of), window_days, out, connection_urls)
 
 
-def validate_snapshot(config: PipelineConfig, run_id: str, snapshot_uri: str) -> dict[str, Any]:
+def validate_snapshot(
+    config: PipelineConfig, run_id: str, snapshot_uri: str, sha256: str | None = None
+) -> dict[str, Any]:
     """Validate the snapshot; the report is saved whether it passes or not, then failure raises."""
     from lifecycle.validation import DataValidationError, validate
 
     report_uri = storage.artifact_uri(config.name, run_id, "validation", "report.json")
-    frame = storage.read_parquet(snapshot_uri)
+    frame = storage.read_parquet(snapshot_uri, sha256)
     try:
         report = validate(frame, config)
     except DataValidationError as err:
@@ -51,12 +53,14 @@ def validate_snapshot(config: PipelineConfig, run_id: str, snapshot_uri: str) ->
     return {"report_uri": report_uri, "evaluated": report["evaluated"], "failed": 0}
 
 
-def prepare_features(config: PipelineConfig, run_id: str, snapshot_uri: str) -> dict[str, Any]:
+def prepare_features(
+    config: PipelineConfig, run_id: str, snapshot_uri: str, sha256: str | None = None
+) -> dict[str, Any]:
     """Time-split the snapshot and fit the feature pipeline on the training split only."""
     from lifecycle.drift import reference_profile
     from lifecycle.features import build_preprocessor, feature_types, input_columns, split_bounds, time_split
 
-    frame = storage.read_parquet(snapshot_uri)
+    frame = storage.read_parquet(snapshot_uri, sha256)
     parts = time_split(frame, config)
     uris = {
         name: storage.write_parquet(storage.artifact_uri(config.name, run_id, "features", f"{name}.parquet"), part)[

@@ -237,10 +237,21 @@ def write_parquet(uri: str, frame: Any) -> dict[str, Any]:
     }
 
 
-def read_parquet(uri: str) -> Any:
+class TamperedArtifactError(ValueError):
+    """An artifact whose content is not what was written (its sha256 was recorded at write)."""
+
+
+def read_parquet(uri: str, sha256: str | None = None) -> Any:
+    """Read a Parquet artifact; with `sha256` (recorded when it was written), refuse any other content."""
     import pandas as pd
 
-    return pd.read_parquet(io.BytesIO(read_bytes(uri)))
+    data = read_bytes(uri)
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise TamperedArtifactError(
+            f"{uri} has changed since it was written (sha256 {hashlib.sha256(data).hexdigest()[:12]}…, "
+            f"recorded {sha256[:12]}…): refusing to use it"
+        )
+    return pd.read_parquet(io.BytesIO(data))
 
 
 def upload_file(path: str | Path, uri: str) -> str:

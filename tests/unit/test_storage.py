@@ -184,3 +184,12 @@ def test_input_uri_defaults_to_the_folder_of_the_first_source(make_config):
     assert input_prefixes(config)[0].endswith("/demo_churn/activity/")
     chosen = make_config(prediction={"input_prefixes": ["s3://bucket/uploads"]})
     assert input_prefixes(chosen) == ["s3://bucket/uploads"]
+
+
+def test_a_parquet_artifact_is_read_only_with_the_content_it_was_written_with(tmp_path):
+    uri = f"file://{tmp_path}/snapshot.parquet"
+    written = storage.write_parquet(uri, pd.DataFrame({"x": [1, 2, 3]}))
+    assert storage.read_parquet(uri, written["sha256"])["x"].tolist() == [1, 2, 3]
+    storage.write_parquet(uri, pd.DataFrame({"x": [1, 2, 4]}))  # someone with write access to the store
+    with pytest.raises(storage.TamperedArtifactError, match=f"{uri} has changed since it was written"):
+        storage.read_parquet(uri, written["sha256"])
