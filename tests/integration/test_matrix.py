@@ -55,7 +55,6 @@ def _load(name: str, filename: str):
 
 
 md = _load("lifecycle_tests_matrix_data", "matrix_data.py")
-postgres_url = _load("lifecycle_tests_postgres", "postgres.py").postgres_url
 
 CELLS = {
     "matrix_binary_file": {"task": "binary", "layout": "file", "storage": "local", "format": "csv"},
@@ -66,9 +65,6 @@ GAPS = "matrix_gaps"  # binary on daily partitions, one day of the training wind
 GAP_DAY = dt.date(2026, 3, 15)
 INPUT_DAY, CHOSEN_ROWS = dt.date(2026, 4, 4), 137  # the SQL pipeline scores a chosen file as this batch
 REPEATED_DAY = dt.date(2026, 4, 5)  # the file pipeline's batch with a repeated lookup key
-
-
-s3_endpoint = _load("lifecycle_tests_moto_s3", "moto_s3.py").s3_endpoint
 
 
 def _airflow_uri(sqlalchemy_url: str) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import configparser
 import contextlib
-import importlib.util
 import os
 import re
 import secrets
@@ -43,18 +42,6 @@ ADMIN = "lifecycle-admin"
 START_TIMEOUT = 120  # seconds; about 20 s on the project's machine
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def _load_postgres_helper() -> Any:
-    """tests/ is not a package: load postgres.py next to this file by path, once per process."""
-    name = "lifecycle_tests_postgres"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("postgres.py"))
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 def _free_port() -> int:
@@ -145,8 +132,8 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[Server]:
-    helper = _load_postgres_helper()
+def server(tmp_path_factory, postgres_helper) -> Iterator[Server]:
+    helper = postgres_helper
     home = tmp_path_factory.mktemp("mlflow-auth")
     port, password = _free_port(), secrets.token_hex(16)
     log = home / "server.log"

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -15,19 +13,6 @@ import sqlalchemy as sa
 
 pytestmark = pytest.mark.airflow
 PREDICT, DRIFT = "demo_churn__batch_predict", "demo_churn__drift_check"
-
-
-def _postgres_helper():
-    name = "lifecycle_tests_postgres"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("postgres.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-postgres_url = _postgres_helper().postgres_url
 
 
 def _airflow_uri(sqlalchemy_url: str) -> str:

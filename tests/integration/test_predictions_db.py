@@ -8,9 +8,7 @@ tmp_path. Each test writes to tables of its own, so tests never see each other's
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import random
-import sys
 import threading
 import time
 import uuid
@@ -35,21 +33,6 @@ from lifecycle.predictions_db import (
     predictions_table,
     write_batch,
 )
-
-
-def _load_postgres_helper() -> Any:
-    """tests/ is not a package: load postgres.py next to this file by path, once per process."""
-    name = "lifecycle_tests_postgres"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("postgres.py"))
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-postgres_url = _load_postgres_helper().postgres_url  # the session fixture: a database of this session's own
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import threading
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -15,19 +12,6 @@ from sklearn.linear_model import LogisticRegression
 from lifecycle import registry_history, tracking
 from lifecycle.models_page import RollbackError, rollback
 from lifecycle.predictions_db import engine_for
-
-
-def _load_postgres_helper():
-    name = "lifecycle_test_postgres"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("postgres.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-postgres_url = _load_postgres_helper().postgres_url
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ fail with a clear error, and nothing is registered."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -16,18 +15,6 @@ import pytest
 
 pytestmark = pytest.mark.airflow
 BUCKET = "lifecycle-test"
-
-
-def _load_helper(name: str, filename: str):
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(filename))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-s3_endpoint = _load_helper("lifecycle_tests_moto_s3", "moto_s3.py").s3_endpoint
 
 
 def _client(url: str):
