@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from airflow.sdk import DAG, Param, TaskGroup, task
 
+from lifecycle.access import access_control
 from lifecycle.airflow_glue import (
     connection_urls,
     default_args,
@@ -61,6 +62,7 @@ def build(config: PipelineConfig) -> DAG:
         default_args=default_args(config),
         params=predict_params(),
         tags=["lifecycle", "batch_predict", name, *config.tags],
+        access_control=access_control(config, "batch_predict"),  # the YAML's `access` roles (FAB)
     ) as dag:
 
         @task

@@ -13,6 +13,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import DAG, Param, TaskGroup, task
 
+from lifecycle.access import access_control
 from lifecycle.airflow_glue import (
     default_args,
     fail_fast_on_bad_input,
@@ -45,6 +46,7 @@ def build(config: PipelineConfig) -> DAG:
             ),
         },
         tags=["lifecycle", "drift", name, *config.tags],
+        access_control=access_control(config, "drift_check"),  # the YAML's `access` roles (FAB)
     ) as dag:
 
         @task(inlets=[predictions])

@@ -13,6 +13,7 @@ import datetime as dt
 
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, TaskGroup, task
 
+from lifecycle.access import access_control
 from lifecycle.airflow_glue import (
     connection_urls,
     default_args,
@@ -110,6 +111,7 @@ def build(config: PipelineConfig) -> DAG:
         default_args={**default_args(config), "on_failure_callback": end_mlflow_run_on_failure(config)},
         params=retrain_params(config),
         tags=["lifecycle", "retrain", name, *config.tags],
+        access_control=access_control(config, "retrain"),  # the YAML's `access` roles (FAB)
     ) as dag:
 
         @task
@@ -127,14 +129,14 @@ def build(config: PipelineConfig) -> DAG:
         def run_suite(snap: dict, **context) -> dict:
             from lifecycle import retrain
 
-            return retrain.validate_snapshot(config, context["run_id"], snap["uri"])
+            return retrain.validate_snapshot(config, context["run_id"], snap["uri"], snap["sha256"])
 
         @task
         @fail_fast_on_bad_input
         def split_and_fit(snap: dict, _checked: dict, **context) -> dict:
             from lifecycle import retrain
 
-            return retrain.prepare_features(config, context["run_id"], snap["uri"])
+            return retrain.prepare_features(config, context["run_id"], snap["uri"], snap["sha256"])
 
         @task
         @fail_fast_on_bad_input

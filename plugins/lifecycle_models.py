@@ -6,7 +6,8 @@ puts it in the navigation (the UI frames it at /plugin/models). The data and the
 
 Authorisation is Airflow's own: every route needs a signed-in user (the UI's session cookie or a Bearer
 token from /auth/token). A pipeline is shown to users who may read its `<pipeline>__retrain` DAG, and its
-champion may be rolled back by users who may edit that DAG (`requires_access_dag(method="PUT")`).
+champion may be rolled back by users who may edit that DAG (`requires_access_dag(method="PUT")`) and, when
+the pipeline's YAML names `access` roles, hold one of its rollbackers or Admin (`lifecycle.access`).
 
 Importing this module stays light (Airflow imports plugins in every task process): FastAPI, MLflow and
 the rest are imported when the api-server first serves the app, and a root middleware warms MLflow up in
@@ -126,7 +127,7 @@ def create_app() -> Any:
     from fastapi.responses import HTMLResponse, JSONResponse, Response
     from pydantic import BaseModel, Field
 
-    from lifecycle import models_page, storage
+    from lifecycle import access, models_page, storage
     from lifecycle.config import ConfigError
 
     app = FastAPI(title="Lifecycle models", docs_url=None, redoc_url=None, openapi_url=None)
@@ -176,7 +177,10 @@ def create_app() -> Any:
         if pipeline and not chosen:
             raise HTTPException(404, f"no pipeline {pipeline!r} that you may read")
         views = [view_of(c) for c in chosen]
-        can = {c.name: allowed(request, user, f"{c.name}__retrain", "PUT") for c in chosen}
+        can = {
+            c.name: allowed(request, user, f"{c.name}__retrain", "PUT") and not access.rollback_refusal(c, user)
+            for c in chosen
+        }
         body = models_page.render_page(
             views, names, links(request), can_rollback=can, user=user.get_name(), seconds=time.perf_counter() - started
         )
@@ -225,6 +229,11 @@ def create_app() -> Any:
     def may_edit(name: str, request: Request, user: GetUserDep) -> Any:
         config = readable_pipeline(request, user, name)  # 404 for a pipeline the user may not read
         requires_access_dag(method="PUT", param_dag_id=f"{config.name}__retrain")(request, user)  # else 403
+        # Edit on the DAG is not enough once the YAML names roles (FAB's User role edits every DAG, and
+        # approvers edit this one to answer): one of its rollbackers, or Admin.
+        refusal = access.rollback_refusal(config, user)
+        if refusal:
+            raise HTTPException(403, refusal)
         return config
 
     @app.post("/pipelines/{name}/rollback")

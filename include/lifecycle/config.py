@@ -194,6 +194,96 @@ class Drift(_Strict):
     policy: RetrainPolicy = RetrainPolicy()
 
 
+# The roles the FAB auth manager creates itself: their permissions are global, not one pipeline's to grant.
+BUILTIN_ROLES = frozenset({"Admin", "Op", "User", "Viewer", "Public"})
+
+
+class Access(_Strict):
+    """Airflow (FAB) roles that may act on this pipeline (lifecycle.access turns them into permissions).
+
+    Empty: nothing per pipeline, Airflow's global roles decide. docs/permissions.md has the details.
+    """
+
+    approvers: list[str] = Field(default_factory=list)  # answer the approval request of `gate.mode: approve`
+    rollbackers: list[str] = Field(default_factory=list)  # roll the champion back on the Models page
+    viewers: list[str] = Field(default_factory=list)  # read the pipeline's DAGs and its Models page
+
+    @field_validator("approvers", "rollbackers", "viewers")
+    @classmethod
+    def _roles(cls, roles: list[str]) -> list[str]:
+        for role in roles:
+            if not role.strip() or role != role.strip():
+                raise ValueError(f"a role name must be non-empty, without leading or trailing spaces: {role!r}")
+            if len(role) > 64:
+                raise ValueError(f"role name {role!r} is longer than 64 characters (Airflow's limit)")
+            if role in BUILTIN_ROLES:
+                raise ValueError(
+                    f"{role!r} is one of Airflow's built-in roles, whose permissions are global; name a role of "
+                    "the pipeline's own (Admin may always act)"
+                )
+        duplicated = sorted({role for role in roles if roles.count(role) > 1})
+        if duplicated:
+            raise ValueError(f"roles listed more than once: {duplicated}")
+        return roles
+
+
+_ALIAS = r"^[A-Za-z_][A-Za-z0-9_-]*$"
+ROLLOUT_SHARES = {"canary": 0.1, "ab": 0.5}  # the share of entities a challenger gets when `share` is not given
+
+
+class Rollout(_Strict):
+    """How online serving (lifecycle.serving) splits entities between the champion and a challenger.
+
+    shadow: the challenger scores every row beside the champion, only the champion answers. canary and ab
+    route `share` of the entities (a stable hash of `sticky_by`) to the challenger: the same mechanism, a
+    small cautious share by default for canary, an even split for ab. docs/serving.md has the details.
+    """
+
+    mode: Literal["none", "shadow", "canary", "ab"] = "none"
+    challenger: int | str | None = None  # a version number of the registered model, or an alias name
+    share: float | None = Field(None, ge=0.0, le=1.0)  # canary: 0.1, ab: 0.5 when not given
+    sticky_by: str | None = None  # the column whose value picks the arm; default the pipeline's id_column
+
+    @field_validator("challenger", mode="before")
+    @classmethod
+    def _challenger(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ValueError(f"give a version number or an alias name, got {value!r}")
+        text = str(value).strip()
+        if text.isdigit():
+            if int(text) < 1:
+                raise ValueError(f"version numbers start at 1, got {value!r}")
+            return int(text)
+        if not re.match(_ALIAS, text):
+            raise ValueError(f"{value!r} is neither a version number nor an alias name (letters, digits, _ and -)")
+        if text == "champion":
+            raise ValueError("the challenger cannot be the champion alias itself")
+        return text
+
+    @model_validator(mode="after")
+    def _needs(self) -> Rollout:
+        if self.mode != "none" and self.challenger is None:
+            raise ValueError(f"mode {self.mode!r} needs 'challenger' (a version number or an alias name)")
+        if self.mode == "shadow" and self.share is not None:
+            raise ValueError("'share' applies to canary and ab; shadow scores every row with the challenger")
+        if self.sticky_by is not None and not self.sticky_by.strip():
+            raise ValueError("'sticky_by' must name a column")
+        return self
+
+    @property
+    def challenger_share(self) -> float:
+        """The share of entities routed to the challenger (0 for none and shadow)."""
+        if self.mode not in ROLLOUT_SHARES:
+            return 0.0
+        return self.share if self.share is not None else ROLLOUT_SHARES[self.mode]
+
+
+class Serving(_Strict):
+    rollout: Rollout = Rollout()
+
+
 class PipelineConfig(_Strict):
     name: Annotated[str, Field(pattern=_NAME)]
     description: str = ""
@@ -211,6 +301,8 @@ class PipelineConfig(_Strict):
     schedules: Schedules = Schedules()
     prediction: Prediction = Prediction()
     drift: Drift = Drift()
+    access: Access = Access()
+    serving: Serving = Serving()
     model_name: str | None = None
 
     @model_validator(mode="after")
@@ -228,6 +320,8 @@ class PipelineConfig(_Strict):
         clash = reserved & (set(self.features.numeric) | set(self.features.categorical))
         if clash:
             raise ValueError(f"features must not include the target, id or timestamp column: {sorted(clash)}")
+        if self.serving.rollout.sticky_by == self.target:
+            raise ValueError("serving.rollout.sticky_by: the target is not known when a prediction is asked for")
         return self
 
     def _check_metric(self, metric: str, where: str) -> None:

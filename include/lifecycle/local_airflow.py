@@ -3,7 +3,9 @@
 Standard library only, so scripts and tests can import it before anything imports Airflow. Each service runs
 as `python -m airflow <service>` in its own process group (its own session) with its own log file, all
 sharing one environment: the api-server on 127.0.0.1 only, LocalExecutor, one generated JWT secret, and
-SimpleAuthManager with a single admin user whose random password is written to a file and returned.
+SimpleAuthManager with a single admin user whose random password is written to a file and returned (or
+another auth manager, e.g. FAB's, whose users the caller has created: `auth_manager=`, `username=`,
+`password=`; `airflow.as_user(name, password)` then calls the API as someone else).
 
     with running_airflow(env, log_dir=Path("logs")) as airflow:
         unpause(airflow, "my_dag")
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import configparser
 import contextlib
+import dataclasses
 import datetime as dt
 import importlib.metadata
 import json as jsonlib
@@ -41,6 +44,7 @@ DEFAULT_SERVICES = ("api-server", "scheduler", "dag-processor", "triggerer")
 FINISHED_STATES = frozenset({"success", "failed"})
 USERNAME = "admin"
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
 # What each service's component is called in /api/v2/monitor/health.
 HEALTH_COMPONENTS = {"scheduler": "scheduler", "dag-processor": "dag_processor", "triggerer": "triggerer"}
 
@@ -93,23 +97,33 @@ class LocalAirflow:
         return self.log_dir / f"{service}.log"
 
     def token(self, username: str | None = None, password: str | None = None) -> str:
-        """A JWT from SimpleAuthManager's POST /auth/token (this handle's login unless others are given)."""
+        """A JWT from the auth manager's POST /auth/token (this handle's login unless others are given);
+        SimpleAuthManager's and FAB's take the same username and password."""
         body = {"username": username or self.username, "password": self.password if password is None else password}
         answer = _request("POST", f"{self.base_url}/auth/token", body, headers={}, timeout=30)
         return answer["access_token"]
 
-    def api(self, method: str, path: str, json: Any = None, *, timeout: float = 30) -> Any:
+    def as_user(self, username: str, password: str) -> LocalAirflow:
+        """The same Airflow, called as another user (one the auth manager knows) with a token of their own."""
+        return dataclasses.replace(self, username=username, password=password, _token=None)
+
+    def api(
+        self, method: str, path: str, json: Any = None, *, timeout: float = 30, headers: dict[str, str] | None = None
+    ) -> Any:
         """Call the REST API (path like "/api/v2/dags") with a Bearer token; the decoded JSON answer."""
         url = path if path.startswith("http") else f"{self.base_url}{path}"
         if self._token is None:
             self._token = self.token()
         try:
-            return _request(method, url, json, headers={"Authorization": f"Bearer {self._token}"}, timeout=timeout)
+            return _request(method, url, json, headers=self._headers(headers), timeout=timeout)
         except AirflowApiError as error:
             if error.status != 401:
                 raise
         self._token = self.token()  # expired, or the api-server restarted with another secret: once more
-        return _request(method, url, json, headers={"Authorization": f"Bearer {self._token}"}, timeout=timeout)
+        return _request(method, url, json, headers=self._headers(headers), timeout=timeout)
+
+    def _headers(self, extra: dict[str, str] | None) -> dict[str, str]:
+        return {**(extra or {}), "Authorization": f"Bearer {self._token}"}
 
 
 def _request(method: str, url: str, json: Any, *, headers: dict[str, str], timeout: float) -> Any:
@@ -139,9 +153,20 @@ def login_banner(airflow: LocalAirflow) -> str:
 
 
 def service_environment(
-    env: dict[str, str], port: int, *, password_file: Path, jwt_secret: str, api_secret: str
+    env: dict[str, str],
+    port: int,
+    *,
+    password_file: Path | None,
+    jwt_secret: str,
+    api_secret: str,
+    auth_manager: str = SIMPLE_AUTH_MANAGER,
+    username: str = USERNAME,
 ) -> dict[str, str]:
-    """The environment every service gets: the caller's, with what this launcher must control on top."""
+    """The environment every service gets: the caller's, with what this launcher must control on top.
+
+    With SimpleAuthManager, its one admin `username` and the passwords file; with another auth manager, only
+    AIRFLOW__CORE__AUTH_MANAGER (its users are the caller's to create).
+    """
     child = {key: str(value) for key, value in env.items()}
     bin_dir = str(Path(sys.executable).parent)
     path = [p for p in child.get("PATH", os.environ.get("PATH", "")).split(os.pathsep) if p and p != bin_dir]
@@ -157,10 +182,7 @@ def service_environment(
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__API_AUTH__JWT_SECRET": jwt_secret,
             "AIRFLOW__API__SECRET_KEY": api_secret,
-            "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USERNAME}:admin",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(password_file),
+            "AIRFLOW__CORE__AUTH_MANAGER": auth_manager,
             # Nothing else listens: no scheduler health server, and the log servers (which bind every
             # interface) are not started (--skip-serve-logs); the api-server reads task logs from the local
             # files. Their ports point at free ones so that nothing is asked of whatever holds 8793.
@@ -169,6 +191,16 @@ def service_environment(
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
         }
     )
+    if auth_manager == SIMPLE_AUTH_MANAGER:
+        if password_file is None:
+            raise ValueError("SimpleAuthManager needs a passwords file")
+        child.update(
+            {
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{username}:admin",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(password_file),
+            }
+        )
     # LocalExecutor forks `parallelism` workers up front: keep that small on a small machine.
     child.setdefault("AIRFLOW__CORE__PARALLELISM", "4")
     return child
@@ -395,12 +427,20 @@ def running_airflow(
     startup_timeout: float = 240,
     grace: float = 20,
     migrate: bool = True,
+    auth_manager: str = SIMPLE_AUTH_MANAGER,
+    username: str | None = None,
+    password: str | None = None,
 ) -> Iterator[LocalAirflow]:
     """Run Airflow's services until the block ends; yields a LocalAirflow once they report healthy.
 
     env is the services' whole environment (pass dict(os.environ) plus overrides); AIRFLOW_HOME and the
     DAGs folder come from it. port defaults to a free one. Raises AirflowStartError (with the tail of the
     failing service's log) when a service exits or is not healthy within startup_timeout seconds.
+
+    auth_manager defaults to SimpleAuthManager, with one admin (`username`, default "admin") whose
+    password is `password` or a random one. Any other (FAB_AUTH_MANAGER) needs `username` and `password`
+    of an admin the caller has created in the metadata database (migrate_db(env, ...) first, then
+    `airflow users create`), and that database already migrated with the same auth manager.
     """
     services = tuple(services)
     if "api-server" not in services:
@@ -410,16 +450,21 @@ def running_airflow(
         raise AirflowStartError(f"port {port} on 127.0.0.1 is in use: pick another (or leave it to free_port())")
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
-    password = secrets.token_urlsafe(12)
-    password_file = log_dir / "simple_auth_manager_passwords.json"
-    password_file.touch(mode=0o600)
-    password_file.chmod(0o600)
-    password_file.write_text(jsonlib.dumps({USERNAME: password}) + "\n")
+    password_file = None
+    if auth_manager == SIMPLE_AUTH_MANAGER:
+        username, password = username or USERNAME, password or secrets.token_urlsafe(12)
+        password_file = log_dir / "simple_auth_manager_passwords.json"
+        password_file.touch(mode=0o600)
+        password_file.chmod(0o600)
+        password_file.write_text(jsonlib.dumps({username: password}) + "\n")
+    elif not (username and password):
+        raise ValueError(f"auth manager {auth_manager} needs the username and password of a user the caller created")
     child_env = service_environment(
-        env, port, password_file=password_file, jwt_secret=secrets.token_urlsafe(64), api_secret=secrets.token_hex(16)
-    )
+        env, port, password_file=password_file, jwt_secret=secrets.token_urlsafe(64), api_secret=secrets.token_hex(16),
+        auth_manager=auth_manager, username=username,
+    )  # fmt: skip
     airflow = LocalAirflow(
-        base_url=f"http://127.0.0.1:{port}", username=USERNAME, password=password, port=port, log_dir=log_dir,
+        base_url=f"http://127.0.0.1:{port}", username=username, password=password, port=port, log_dir=log_dir,
         env=child_env,
     )  # fmt: skip
     started = time.monotonic()
@@ -484,6 +529,24 @@ def trigger(airflow: LocalAirflow, dag_id: str, conf: dict | None = None, logica
     """POST /api/v2/dags/{dag_id}/dagRuns; the new run's JSON (its id is ["dag_run_id"])."""
     body = {"logical_date": logical_date, "conf": conf or {}}
     return airflow.api("POST", f"/api/v2/dags/{urllib.parse.quote(dag_id, safe='')}/dagRuns", body)
+
+
+def wait_until_parked(airflow: LocalAirflow, dag_id: str, task_id: str, run_id: str, timeout: float = 180) -> None:
+    """Until the scheduler has heard that a human-in-the-loop task's process ended, the task waiting for input.
+
+    An answer before that races Airflow 3.3.2: it re-queues the task, the late "process ended" event then finds
+    it queued, and the scheduler retries it, which asks again and waits for an answer already given (seen
+    under load on a 2-core machine). Only the scheduler's log tells when that event has been handled.
+    """
+    marker = f"TaskInstance Finished: dag_id={dag_id}, task_id={task_id}, run_id={run_id},"
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = airflow.log_file("scheduler").read_text(errors="replace").splitlines()
+        if any(marker in line and "state=awaiting_input" in line for line in lines):
+            return
+        if time.monotonic() > deadline:
+            raise AirflowStartError(f"the scheduler never saw {task_id} wait for input ({airflow.log_dir})")
+        time.sleep(1)
 
 
 def list_runs(airflow: LocalAirflow, dag_id: str, limit: int = 100) -> list[dict]:

@@ -921,7 +921,10 @@ def _rollback_form(view: PipelineView, links: Links, can_rollback: bool) -> str:
     if not earlier:
         return '<p class="muted">Rollback: there is no other version to roll back to.</p>'
     if not can_rollback:
-        return '<p class="muted">Rollback needs permission to edit this pipeline\'s DAGs.</p>'
+        return (
+            '<p class="muted">Rollback needs permission to edit this pipeline\'s retrain DAG and, when its YAML '
+            "names <code>access.rollbackers</code>, one of those roles.</p>"
+        )
     options = "".join(
         f'<option value="{v.version}">version {v.version} · {_e(view.primary_metric)} {_fmt(v.primary)} · '
         f"{_e(_when(v.created_ms))}</option>"

@@ -144,3 +144,34 @@ def test_assets_chain_prediction_drift_and_retrain(dagbag):
 def _asset_names(condition) -> list[str]:
     members = getattr(condition, "objects", None)
     return [condition.name] if members is None else [name for m in members for name in _asset_names(m)]
+
+
+def test_the_yaml_access_section_becomes_the_dags_access_control(dagbag, tmp_path):
+    assert all(dag.access_control is None for dag in dagbag.dags.values())  # no section: nothing synced
+    good = (REPO / "include" / "pipelines" / "demo_churn.yaml").read_text()
+    (tmp_path / "demo_churn.yaml").write_text(good + "\naccess: {approvers: [approvers], viewers: [analysts]}\n")
+    script = textwrap.dedent(
+        """
+        import json, sys
+        from airflow.dag_processing.dagbag import DagBag
+        bag = DagBag(sys.argv[1])
+        print(json.dumps({d: {r: {k: sorted(v) for k, v in p.items()} for r, p in bag.dags[d].access_control.items()}
+                          for d in bag.dag_ids}))
+        """
+    )
+    env = {**os.environ, "PIPELINES_DIR": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(REPO / "dags")], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    controls = json.loads(result.stdout.strip().splitlines()[-1])
+    read = {"DAGs": ["can_read"], "DAG Runs": ["can_read"]}
+    assert controls["demo_churn__retrain"] == {
+        "approvers": {"DAGs": ["can_edit", "can_read"], "DAG Runs": ["can_read"]},
+        "analysts": read,
+    }
+    assert (
+        controls["demo_churn__batch_predict"]
+        == controls["demo_churn__drift_check"]
+        == {"approvers": read, "analysts": read}
+    )

@@ -61,6 +61,7 @@ def test_a_person_approves_the_promotion_and_is_recorded(demo_data, tmp_path):
         os.environ["MLFLOW_TRACKING_URI"], saved = env["MLFLOW_TRACKING_URI"], os.environ["MLFLOW_TRACKING_URI"]
         try:
             assert champion("demo_churn") is None, "nothing is promoted before a person answers"
+            la.wait_until_parked(airflow, DAG_ID, "evaluation.approve", run_id)  # else Airflow may ask again
             airflow.api("PATCH", details, {"chosen_options": ["Approve"]})
             run = la.wait_for_run(airflow, DAG_ID, run_id, timeout=600)
             assert run["state"] == "success"

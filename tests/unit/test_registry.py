@@ -28,7 +28,7 @@ def shared_store(tmp_path_factory):
         patch.setenv("MLFLOW_ARTIFACT_ROOT", str(root / "artifacts"))
         client = tracking.mlflow_client()
         yield client, client.create_experiment("registry", artifact_location=(root / "artifacts").as_uri())
-    mlflow.set_tracking_uri(None)
+        mlflow.set_tracking_uri(None)  # inside: the monkeypatch then restores the session's URI
 
 
 @pytest.fixture
