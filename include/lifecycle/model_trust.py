@@ -71,23 +71,35 @@ def _model_id(client: Any, model_uri: str) -> str | None:
         return match.group(1)
     match = re.fullmatch(r"models:/([^/@]+)@(.+)", model_uri)
     if match:
-        return client.get_model_version_by_alias(match.group(1), match.group(2)).model_id
+        return _version_model_id(client.get_model_version_by_alias(match.group(1), match.group(2)))
     match = re.fullmatch(r"models:/([^/@]+)/(\d+)", model_uri)
     if match:
-        return client.get_model_version(match.group(1), match.group(2)).model_id
+        return _version_model_id(client.get_model_version(match.group(1), match.group(2)))
     return None
 
 
-def expected_digests(model_uri: str) -> dict[str, str] | None:
-    """The digests recorded when the model was logged; None for models logged before digests existed."""
+def _version_model_id(version: Any) -> str | None:
+    """A registered version's logged model: MLflow's SQL registry leaves `model_id` empty, `source` names it."""
+    if getattr(version, "model_id", None):
+        return version.model_id
+    match = re.fullmatch(r"models:/(m-[0-9a-f]+)", str(version.source or ""))
+    return match.group(1) if match else None
+
+
+def logged_model(model_uri: str) -> tuple[str | None, dict[str, str] | None]:
+    """The logged model behind a URI and the digests recorded when it was logged (None, None: an older model)."""
     from lifecycle.tracking import mlflow_client
 
     client = mlflow_client()
     model_id = _model_id(client, model_uri)
     if model_id is None:
-        return None
+        return None, None
     recorded = client.get_logged_model(model_id).tags.get(DIGEST_TAG)
-    return json.loads(recorded) if recorded else None
+    return model_id, (json.loads(recorded) if recorded else None)
+
+
+def expected_digests(model_uri: str) -> dict[str, str] | None:
+    return logged_model(model_uri)[1]
 
 
 def check_digests(model_uri: str, local: str | Path, expected: dict[str, str]) -> None:
@@ -135,9 +147,11 @@ def load(model_uri: str) -> Any:
     from lifecycle.tracking import mlflow_client
 
     mlflow_client()
-    expected = expected_digests(model_uri)
+    model_id, expected = logged_model(model_uri)
+    # From the logged model itself: a download by name/version adds files of MLflow's own (registered_model_meta).
+    source = f"models:/{model_id}" if model_id else model_uri
     with tempfile.TemporaryDirectory() as tmp:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
+        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp)
         if expected is None:
             log.warning("%s was logged before digests were recorded: loading it unchecked", model_uri)
         else:

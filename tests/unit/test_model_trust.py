@@ -73,6 +73,22 @@ def test_a_tampered_model_file_is_refused_with_the_uri_named(store):
     assert uri in str(info.value) and "changed: model.skops" in str(info.value)
 
 
+def test_a_tampered_registered_version_is_refused_by_name_version_and_alias(store):
+    """Batch prediction loads `models:/<name>/<version>`: the digests must be found through the registry too."""
+    client, experiment = store
+    uri, stored = _logged(experiment)
+    version = mlflow.register_model(uri, "trusted_registered")
+    client.set_registered_model_alias("trusted_registered", "champion", version.version)
+    for by in (f"models:/trusted_registered/{version.version}", "models:/trusted_registered@champion"):
+        assert model_trust.expected_digests(by) is not None, by
+        model_trust.load(by)
+    skops_file = Path(stored) / "model.skops"
+    skops_file.write_bytes(skops_file.read_bytes() + b"\0")
+    for by in (f"models:/trusted_registered/{version.version}", "models:/trusted_registered@champion"):
+        with pytest.raises(model_trust.UntrustedModelError, match="changed: model.skops"):
+            model_trust.load(by)
+
+
 def test_shipped_code_that_was_edited_is_refused(store):
     _, experiment = store
     uri, stored = _logged(experiment)
