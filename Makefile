@@ -66,6 +66,11 @@ portable: $(STAMP) ## Load, predict and serve a champion from a clean virtualenv
 	@test -n "$(PIPELINE)" || { echo "usage: make portable PIPELINE=include/pipelines/<name>.yaml [DATE=YYYY-MM-DD]"; exit 2; }
 	$(PY) -m lifecycle portable $(PIPELINE) $(if $(DATE),--date $(DATE))
 
+.PHONY: serve
+
+serve: $(STAMP) ## Serve every pipeline's champion over HTTP on the embedded default: [HOST=127.0.0.1] [PORT=8787]
+	$(PY) -m lifecycle serve $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
+
 bench: $(STAMP) ## Run the benchmark scripts and print their numbers
 	$(PY) benchmarks/parse_time.py
 	$(PY) benchmarks/grid_search.py

@@ -1,6 +1,6 @@
-"""`python -m lifecycle check|run|portable`: the newcomer's loop, check a pipeline YAML against its data, run
-its DAGs once on the embedded default (the environment `make demo` uses; variables already set win), and
-prove its champion runs outside this repository.
+"""`python -m lifecycle check|run|portable|serve`: the newcomer's loop, check a pipeline YAML against its data,
+run its DAGs once on the embedded default (the environment `make demo` uses; variables already set win),
+prove its champion runs outside this repository, and serve the champions online.
 
 Imports nothing heavy at the top: `--help` and argument errors answer at once, and Airflow is imported only
 where a SQL source needs a connection.
@@ -52,9 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     portable.add_argument("pipeline", type=Path, help="the pipeline YAML file")
     portable.add_argument("--date", type=dt.date.fromisoformat, help="the batch to compare (default: the newest)")
     portable.add_argument("--no-serve", action="store_true", help="skip `mlflow models serve`")
+    serve = commands.add_parser("serve", help="serve every pipeline's champion over HTTP (docs/serving.md)")
+    serve.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8787, help="the port to listen on (default 8787)")
+    serve.add_argument("--access-log", action="store_true", help="log every request (off: it costs latency)")
     args = parser.parse_args(argv)
     embedded_environment()
-    handlers = {"check": check_command, "run": run_command, "portable": portable_command}
+    handlers = {"check": check_command, "run": run_command, "portable": portable_command, "serve": serve_command}
     return handlers[args.command](args)
 
 
@@ -149,6 +153,30 @@ def portable_command(args: argparse.Namespace) -> int:
         print(f"ERROR    {err}")
         return 1
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    """The online prediction service (lifecycle.serving) in this process, until SIGTERM or Ctrl-C."""
+    import logging
+
+    import uvicorn
+
+    from lifecycle.serving.app import create_app
+    from lifecycle.serving.settings import serving_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per model load is noise here
+    try:
+        settings = serving_settings()
+    except ValueError as err:
+        print(f"ERROR    {err}")
+        return 2
+    print(f"serving the pipelines of {pipelines_dir()} on http://{args.host}:{args.port} "
+          f"(API key {'required' if settings.api_key else 'not set'}; poll every {settings.poll_seconds:g}s)")  # fmt: skip
+    # Graceful shutdown: requests in flight finish (30 s at most), then the lifespan writes the queued log rows.
+    uvicorn.run(create_app(settings=settings), host=args.host, port=args.port, access_log=args.access_log,
+                timeout_graceful_shutdown=30, log_level="info")  # fmt: skip
     return 0
 
 
