@@ -122,8 +122,10 @@ class Bootstrap(_Strict):
 
 class Gate(_Strict):
     # enforce: promote what passes; approve: what passes waits for a person in the Airflow UI;
-    # dry_run: decide and record, promote nothing; off: promote every challenger.
-    mode: Literal["enforce", "approve", "dry_run", "off"] = "enforce"
+    # dry_run: decide and record, promote nothing; off: promote every challenger; canary: what passes
+    # becomes the `challenger` alias that serving.rollout routes a share of live traffic to (the first
+    # model, with no champion to compare against, is promoted at once).
+    mode: Literal["enforce", "approve", "dry_run", "off", "canary"] = "enforce"
     approval_timeout_hours: float = Field(72, gt=0)  # unanswered, the request is rejected and the champion stays
     floors: dict[str, float] = Field(default_factory=dict)
     min_improvement: float = Field(0.0, ge=0.0)
@@ -231,6 +233,9 @@ _ALIAS = r"^[A-Za-z_][A-Za-z0-9_-]*$"
 ROLLOUT_SHARES = {"canary": 0.1, "ab": 0.5}  # the share of entities a challenger gets when `share` is not given
 
 
+CANARY_ALIAS = "challenger"  # the alias gate mode `canary` moves; serving routes a share of traffic to it
+
+
 class Rollout(_Strict):
     """How online serving (lifecycle.serving) splits entities between the champion and a challenger.
 
@@ -320,6 +325,12 @@ class PipelineConfig(_Strict):
         clash = reserved & (set(self.features.numeric) | set(self.features.categorical))
         if clash:
             raise ValueError(f"features must not include the target, id or timestamp column: {sorted(clash)}")
+        rollout = self.serving.rollout
+        if self.gate.mode == "canary" and (rollout.mode == "none" or rollout.challenger != CANARY_ALIAS):
+            raise ValueError(
+                f"gate.mode 'canary' moves the '{CANARY_ALIAS}' alias: set serving.rollout.mode (shadow, canary or "
+                f"ab) and serving.rollout.challenger: {CANARY_ALIAS}"
+            )
         if self.serving.rollout.sticky_by == self.target:
             raise ValueError("serving.rollout.sticky_by: the target is not known when a prediction is asked for")
         return self

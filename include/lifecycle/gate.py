@@ -100,6 +100,8 @@ def decide(
     else:
         verdict, reason = "reject", "; ".join(c["detail"] for c in failed)
     action = {
+        ("promote", "canary"): "start canary" if champion is not None else "promote",
+        ("reject", "canary"): "none (champion kept)",
         ("promote", "enforce"): "promote",
         ("promote", "off"): "promote",
         ("promote", "dry_run"): "none (dry run: would promote)",

@@ -467,6 +467,17 @@ def promote(
         "mlflow_run_id": mlflow_run_id,
     }
     version = None
+    if action == "start canary":
+        from lifecycle.config import CANARY_ALIAS
+
+        engine = engine_for(database_url)
+        try:
+            version = tracking.start_canary(
+                model_uri, config.registered_model_name, tags, mlflow_run_id, CANARY_ALIAS, engine=engine,
+                moved_by="the gate (canary)", reason=evaluation["reason"], airflow_run_id=run_id,
+            )  # fmt: skip
+        finally:
+            engine.dispose()
     if action == "promote":
         approver = answer.get("gate.approved_by")
         engine = engine_for(database_url)
@@ -488,7 +499,8 @@ def promote(
     client.set_terminated(mlflow_run_id)
     current = tracking.champion(config.registered_model_name)
     return {
-        "promoted_version": version,
+        "promoted_version": version if action == "promote" else None,
+        "canary_version": version if action == "start canary" else None,
         "action": action,
         **answer,
         "champion_version": current.version if current else None,

@@ -38,13 +38,13 @@ def experiment_id(pipeline: str) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
-def champion(model_name: str) -> Any | None:
-    """The model version behind the `champion` alias, or None when there is none yet."""
+def champion(model_name: str, alias: str = CHAMPION) -> Any | None:
+    """The model version behind the `champion` alias (or another), or None when there is none yet."""
     from mlflow.exceptions import MlflowException
 
     client = mlflow_client()
     try:
-        return client.get_model_version_by_alias(model_name, CHAMPION)
+        return client.get_model_version_by_alias(model_name, alias)
     except MlflowException as err:
         if "RESOURCE_DOES_NOT_EXIST" in str(err.error_code) or "not found" in str(err).lower():
             return None
@@ -68,6 +68,56 @@ def version_for_run(model_name: str, run_id: str, model_uri: str) -> Any | None:
     return None
 
 
+def _registered_version(model_uri: str, model_name: str, tags: dict[str, str], run_id: str) -> str:
+    """The version of this run's model: found when an earlier attempt registered it, else registered now."""
+    import mlflow
+
+    client = mlflow_client()
+    try:
+        client.get_registered_model(model_name)
+    except mlflow.exceptions.MlflowException:
+        try:
+            client.create_registered_model(model_name, description="Registered by the lifecycle evaluation gate.")
+        except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel task
+            client.get_registered_model(model_name)
+    version = version_for_run(model_name, run_id, model_uri)
+    if version is None:
+        version = mlflow.register_model(model_uri, model_name, tags={**tags, "lifecycle.model_uri": model_uri})
+    return str(version.version)
+
+
+def start_canary(
+    model_uri: str,
+    model_name: str,
+    tags: dict[str, str],
+    run_id: str,
+    alias: str,
+    *,
+    engine: Any,
+    moved_by: str,
+    reason: str = "",
+    airflow_run_id: str | None = None,
+) -> str:
+    """Register the model once and point the challenger `alias` at it: serving routes a share of traffic there.
+
+    The champion does not move. Retried, it finds its version and leaves one alias move in the history.
+    """
+    from lifecycle import registry_history
+
+    number = _registered_version(model_uri, model_name, tags, run_id)
+    with registry_history.alias_lock(engine, model_name, alias) as conn:
+        current = champion(model_name, alias)
+        previous = str(current.version) if current is not None else None
+        if previous != number:
+            mlflow_client().set_registered_model_alias(model_name, alias, number)
+        if registry_history.last_version(conn, model_name, alias) != number:
+            registry_history.record(
+                conn, model_name, number, previous=previous, moved_by=moved_by, how="gate", reason=reason,
+                airflow_run_id=airflow_run_id, mlflow_run_id=run_id, alias=alias,
+            )  # fmt: skip
+    return number
+
+
 def register_champion(
     model_uri: str,
     model_name: str,
@@ -89,22 +139,10 @@ def register_champion(
     versions. The check and the move happen under the alias's database lock (`registry_history`), so two
     racing promotions cannot both pass the check.
     """
-    import mlflow
-
     from lifecycle import registry_history
 
     client = mlflow_client()
-    try:
-        client.get_registered_model(model_name)
-    except mlflow.exceptions.MlflowException:
-        try:
-            client.create_registered_model(model_name, description="Registered by the lifecycle evaluation gate.")
-        except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel task
-            client.get_registered_model(model_name)
-    version = version_for_run(model_name, run_id, model_uri)
-    if version is None:
-        version = mlflow.register_model(model_uri, model_name, tags={**tags, "lifecycle.model_uri": model_uri})
-    number = str(version.version)
+    number = _registered_version(model_uri, model_name, tags, run_id)
     with registry_history.alias_lock(engine, model_name) as conn:
         current = champion(model_name)
         current_number = str(current.version) if current is not None else None

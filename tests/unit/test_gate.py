@@ -191,3 +191,27 @@ def test_the_answer_and_who_gave_it_become_tags(answer, state, who):
 
     tags = approval_outcome(answer)
     assert tags["gate.approval"].startswith(state) and tags["gate.approved_by"] == who
+
+
+def test_canary_mode_starts_a_canary_when_there_is_a_champion_to_compare_online():
+    better = {
+        "champion": {**GOOD, "roc_auc": 0.75},
+        "comparison": {"improvement": 0.05, "ci_low": 0.01, "ci_high": 0.09},
+    }
+    assert gate(mode="canary", **better)["action"] == "start canary"
+    assert gate(mode="canary")["action"] == "promote"  # no champion yet: nothing to compare against live
+    worse = {**better, "comparison": {"improvement": -0.01, "ci_low": -0.02, "ci_high": 0.0}}
+    assert gate(mode="canary", **worse)["action"] == "none (champion kept)"
+
+
+def test_canary_mode_needs_a_rollout_on_the_challenger_alias(make_config):
+    from pydantic import ValidationError
+
+    from lifecycle.config import ConfigError  # noqa: F401  (the loader wraps this ValidationError per file)
+
+    with pytest.raises(ValidationError, match="gate.mode 'canary' moves the 'challenger' alias"):
+        make_config(gate={"mode": "canary"})
+    with pytest.raises(ValidationError, match="serving.rollout.challenger: challenger"):
+        make_config(gate={"mode": "canary"}, serving={"rollout": {"mode": "canary", "challenger": 3}})
+    config = make_config(gate={"mode": "canary"}, serving={"rollout": {"mode": "canary", "challenger": "challenger"}})
+    assert config.serving.rollout.challenger_share == 0.1

@@ -204,3 +204,16 @@ def test_a_retried_start_reuses_the_run_and_a_failure_ends_it_naming_the_task(st
     run = client.get_run(first)
     assert run.info.status == "FAILED" and run.data.tags["failed_task"] == "training.grid_search"
     assert fail_run(config, "d__retrain", "manual__9", "ingestion.snapshot", "x") is None
+
+
+def test_a_canary_moves_the_challenger_alias_once_and_leaves_the_champion(store, engine):
+    client, experiment = store
+    run_id, uri = _logged(experiment)
+    _promote(engine, uri, run_id, None)
+    canary_run, canary_uri = _logged(experiment)
+    for _ in range(2):  # the task, then Airflow's retry
+        number = tracking.start_canary(canary_uri, NAME, {}, canary_run, "challenger", engine=engine, moved_by="gate")
+    assert number == "2" and _versions(client) == ["1", "2"]
+    assert str(tracking.champion(NAME).version) == "1"
+    assert str(tracking.champion(NAME, "challenger").version) == "2"
+    assert [p["version"] for p in registry_history.periods(engine, NAME, "challenger")] == ["2"]
