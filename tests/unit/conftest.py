@@ -77,3 +77,20 @@ def training_frame() -> pd.DataFrame:
 @pytest.fixture(scope="session")
 def make_frame() -> Callable[..., pd.DataFrame]:
     return joined_days
+
+
+@pytest.fixture(scope="module")
+def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A real MLflow store (SQLite + local artifacts) for one test module, and an experiment in it:
+    (client, experiment id). Creating MLflow's schema costs seconds, so a module shares one."""
+    import mlflow
+
+    from lifecycle import tracking
+
+    root = tmp_path_factory.mktemp("mlflow")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        patch.setenv("MLFLOW_ARTIFACT_ROOT", str(root / "artifacts"))
+        client = tracking.mlflow_client()
+        yield client, client.create_experiment("tests", artifact_location=(root / "artifacts").as_uri())
+        mlflow.set_tracking_uri(None)  # inside: the monkeypatch then restores the session's URI

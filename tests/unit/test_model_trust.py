@@ -21,14 +21,8 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trust")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        patch.setenv("MLFLOW_ARTIFACT_ROOT", str(root / "artifacts"))
-        client = tracking.mlflow_client()
-        yield client, client.create_experiment("trust", artifact_location=(root / "artifacts").as_uri())
-        mlflow.set_tracking_uri(None)  # inside: the monkeypatch then restores the session's URI
+def store(mlflow_store):
+    return mlflow_store
 
 
 def _model() -> Pipeline:

@@ -19,24 +19,12 @@ from lifecycle.predictions_db import engine_for
 NAME = ""  # each test's own registered model name, set by the `store` fixture
 
 
-@pytest.fixture(scope="module")
-def shared_store(tmp_path_factory):
-    """One store for the module (creating MLflow's schema costs seconds); each test has its own model name."""
-    root = tmp_path_factory.mktemp("registry")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        patch.setenv("MLFLOW_ARTIFACT_ROOT", str(root / "artifacts"))
-        client = tracking.mlflow_client()
-        yield client, client.create_experiment("registry", artifact_location=(root / "artifacts").as_uri())
-        mlflow.set_tracking_uri(None)  # inside: the monkeypatch then restores the session's URI
-
-
 @pytest.fixture
-def store(shared_store, request):
+def store(mlflow_store, request):
     global NAME
     name = request.node.name.removeprefix("test_")
     NAME = f"{name[:50]}_{hashlib.sha256(name.encode()).hexdigest()[:8]}"  # parametrised tests differ
-    return shared_store
+    return mlflow_store
 
 
 @pytest.fixture(scope="module")
