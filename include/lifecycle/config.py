@@ -26,6 +26,17 @@ METRICS: dict[str, tuple[frozenset[str], bool]] = {
     "rmse": (frozenset({"regression"}), False),
     "mae": (frozenset({"regression"}), False),
     "r2": (frozenset({"regression"}), True),
+    # Calibration (issue 11): expected calibration error and Brier score of the probabilities.
+    "ece": (frozenset({"binary", "multiclass"}), False),
+    "brier": (frozenset({"binary", "multiclass"}), False),
+}
+
+# Secondary metrics the gate guards by default (the primary must improve, these must not get worse by more
+# than their tolerance): a challenger that keeps the ranking but destroys the probabilities is refused.
+DEFAULT_SECONDARY: dict[str, dict[str, float]] = {
+    "binary": {"log_loss": 0.01},
+    "multiclass": {"log_loss": 0.01},
+    "regression": {},
 }
 
 _NAME = r"^[a-z][a-z0-9_]*$"
@@ -64,13 +75,18 @@ class Source(_Strict):
 
     @model_validator(mode="after")
     def _one_kind(self) -> Source:
-        if (self.uri is None) == (self.sql is None):
-            raise ValueError("give exactly one of 'uri' or 'sql'")
-        if self.sql is not None and not self.conn_id:
-            raise ValueError("a 'sql' source needs 'conn_id' (an Airflow connection id)")
-        if self.layout == "date_partitioned" and self.uri and "{date}" not in self.uri:
-            raise ValueError("a date_partitioned uri needs a '{date}' placeholder, e.g. .../date={date}/")
+        _check_kind(self)
         return self
+
+
+def _check_kind(source: Source | Labels) -> None:
+    """A file source or a SQL one, never both, with what each needs."""
+    if (source.uri is None) == (source.sql is None):
+        raise ValueError("give exactly one of 'uri' or 'sql'")
+    if source.sql is not None and not source.conn_id:
+        raise ValueError("a 'sql' source needs 'conn_id' (an Airflow connection id)")
+    if source.layout == "date_partitioned" and source.uri and "{date}" not in source.uri:
+        raise ValueError("a date_partitioned uri needs a '{date}' placeholder, e.g. .../date={date}/")
 
 
 class DerivedFeature(_Strict):
@@ -103,6 +119,9 @@ class Training(_Strict):
     grid: dict[str, list[Any]] = Field(min_length=1)
     primary_metric: str = "roc_auc"
     random_state: int = 42
+    # Classification: the chosen model's probabilities are calibrated on the validation split (isotonic,
+    # sigmoid (Platt), or auto: isotonic with enough validation rows of each class, else sigmoid; none: off).
+    calibration: Literal["auto", "isotonic", "sigmoid", "none"] = "auto"
 
     @field_validator("grid")
     @classmethod
@@ -130,6 +149,17 @@ class Gate(_Strict):
     floors: dict[str, float] = Field(default_factory=dict)
     min_improvement: float = Field(0.0, ge=0.0)
     bootstrap: Bootstrap = Bootstrap()
+    # Metric -> the most it may get worse than the champion's (absolute) while the primary improves. Empty
+    # or absent: DEFAULT_SECONDARY for the task (classification: log_loss 0.01); {} explicitly turns it off.
+    secondary: dict[str, float] | None = None
+
+    @field_validator("secondary")
+    @classmethod
+    def _tolerances(cls, secondary: dict[str, float] | None) -> dict[str, float] | None:
+        for name, tolerance in (secondary or {}).items():
+            if not tolerance >= 0 or tolerance == float("inf"):
+                raise ValueError(f"tolerance for {name!r} must be a finite number >= 0, got {tolerance}")
+        return secondary
 
 
 class Schedules(_Strict):
@@ -194,6 +224,62 @@ class Drift(_Strict):
     noise_quantile: float = Field(0.99, gt=0.5, lt=1.0)
     metrics_table: Annotated[str, Field(pattern=_NAME)] = "drift_metrics"
     policy: RetrainPolicy = RetrainPolicy()
+
+
+class Labels(_Strict):
+    """Where the outcomes arrive, later than the predictions: a file source or a SQL query, as in `sources`.
+
+    Each row is one entity's label for the prediction made at its timestamp (the batch day, or the time of an
+    online request). A `date_partitioned` uri is partitioned by the day the labels arrived; a SQL query gets
+    :start and :end (the label timestamps wanted, end exclusive).
+    """
+
+    uri: str | None = None
+    format: Literal["parquet", "csv"] = "parquet"
+    layout: Literal["file", "glob", "date_partitioned"] = "file"
+    sql: str | None = None
+    conn_id: str | None = None
+    id_column: str | None = None  # default: the pipeline's id_column
+    timestamp_column: str | None = None  # default: the pipeline's timestamp_column
+    label_column: str | None = None  # default: the pipeline's target
+    delay_days: int = Field(1, ge=0, le=3650)  # how long labels usually take to arrive
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Labels:
+        _check_kind(self)
+        return self
+
+    @property
+    def name(self) -> str:
+        return "labels"
+
+    @property
+    def join(self) -> None:
+        return None
+
+
+class PerformancePolicy(_Strict):
+    """Retrain when the primary metric falls more than `max_drop` below the holdout's, realised or estimated."""
+
+    enabled: bool = True
+    signals: list[Literal["realised", "estimated"]] = Field(default_factory=lambda: ["realised", "estimated"])
+    max_drop: float | None = Field(None, ge=0)  # default: drift.max_performance_drop
+    min_batches: int = Field(2, ge=1, le=90)  # consecutive batches past the drop before it fires
+
+
+class Performance(_Strict):
+    """The `<pipeline>__performance` DAG: realised metrics as labels arrive, label-free estimates before."""
+
+    metrics_table: Annotated[str, Field(pattern=_NAME)] = "performance_metrics"
+    schedule: str | None = "0 7 * * *"  # also runs on every labels and predictions Asset event
+    lookback_days: int = Field(30, ge=1, le=3650)  # batches this old are revisited as their labels trickle in
+    min_labelled: int = Field(50, ge=1)  # labelled rows a batch needs before its realised metric is recorded
+    policy: PerformancePolicy = PerformancePolicy()
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        return Schedules._cron(value)
 
 
 # The roles the FAB auth manager creates itself: their permissions are global, not one pipeline's to grant.
@@ -285,8 +371,30 @@ class Rollout(_Strict):
         return self.share if self.share is not None else ROLLOUT_SHARES[self.mode]
 
 
+class RolloutDecision(_Strict):
+    """How `<pipeline>__rollout` ends a canary or A/B test from the labelled online predictions.
+
+    promote: the challenger's primary metric minus the champion's has its confidence interval's low end above
+    `-tolerance` and at least `min_labelled` labelled rows per arm; abort: the interval's high end is below
+    `-tolerance`; otherwise extend, until `max_days` after the test began, when an undecided test is aborted.
+    """
+
+    min_labelled: int = Field(200, ge=10)
+    tolerance: float = Field(0.0, ge=0.0)
+    max_days: int = Field(14, ge=1, le=365)
+    confidence: float = Field(0.9, gt=0.5, lt=1.0)
+    resamples: int = Field(500, ge=50, le=10000)
+    schedule: str | None = "0 8 * * *"
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        return Schedules._cron(value)
+
+
 class Serving(_Strict):
     rollout: Rollout = Rollout()
+    decision: RolloutDecision = RolloutDecision()
 
 
 class PipelineConfig(_Strict):
@@ -308,6 +416,8 @@ class PipelineConfig(_Strict):
     drift: Drift = Drift()
     access: Access = Access()
     serving: Serving = Serving()
+    labels: Labels | None = None
+    performance: Performance = Performance()
     model_name: str | None = None
 
     @model_validator(mode="after")
@@ -316,6 +426,10 @@ class PipelineConfig(_Strict):
         self._check_metric(metric, "training.primary_metric")
         for floor in self.gate.floors:
             self._check_metric(floor, f"gate.floors.{floor}")
+        for name in self.gate.secondary or {}:
+            self._check_metric(name, f"gate.secondary.{name}")
+        if self.task == "regression" and self.training.calibration not in ("auto", "none"):
+            raise ValueError("training.calibration: a regression's predictions are values, not probabilities")
         for source in self.sources[1:]:
             if source.join is None:
                 raise ValueError(f"source {source.name!r} needs 'join' (keys to join it on)")
@@ -348,6 +462,22 @@ class PipelineConfig(_Strict):
     @property
     def higher_is_better(self) -> bool:
         return METRICS[self.training.primary_metric][1]
+
+    @property
+    def secondary_metrics(self) -> dict[str, float]:
+        """The gate's secondary metrics and tolerances (the YAML's, else the task's default)."""
+        secondary = self.gate.secondary
+        return dict(DEFAULT_SECONDARY[self.task] if secondary is None else secondary)
+
+    @property
+    def label_columns(self) -> tuple[str, str, str]:
+        """The labels source's id, timestamp and label columns, defaults filled in."""
+        labels = self.labels or Labels(uri="-")
+        return (
+            labels.id_column or self.id_column,
+            labels.timestamp_column or self.timestamp_column,
+            labels.label_column or self.target,
+        )
 
     @property
     def feature_columns(self) -> list[str]:
