@@ -31,7 +31,7 @@ from typing import Any
 from lifecycle.config import PipelineConfig
 
 ADMIN_ROLE = "Admin"  # FAB's AUTH_ROLE_ADMIN default; Airflow itself never restricts it
-DAG_KINDS = ("retrain", "batch_predict", "drift_check")
+DAG_KINDS = ("retrain", "batch_predict", "drift_check", "performance", "rollout")
 # FAB's per-DAG resources (the keys access_control takes) and the actions granted on them.
 DAGS, DAG_RUNS = "DAGs", "DAG Runs"
 CAN_READ, CAN_EDIT = "can_read", "can_edit"

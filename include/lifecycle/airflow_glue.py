@@ -127,3 +127,27 @@ def retrain_request_asset(config: PipelineConfig) -> Any:
     from airflow.sdk import Asset
 
     return Asset(name=f"{config.name}__retrain_request", uri=f"x-lifecycle://{config.name}/retrain-request")
+
+
+def labels_asset(config: PipelineConfig) -> Any:
+    """Updated by whatever loads new labels (a POST to /api/v2/assets/events, or a producer DAG's outlet);
+    the performance DAG is scheduled on it. An event's extra may say `as_of_date`: the day labels arrived by."""
+    from airflow.sdk import Asset
+
+    return Asset(name=f"{config.name}__labels", uri=f"x-lifecycle://{config.name}/labels")
+
+
+def as_of_from_events(context: dict[str, Any], param: str = "as_of_date") -> str:
+    """The day a monitoring run is about: the Param, else the newest day the triggering events name (their
+    `as_of_date` or `batch_key`: a predictions event is about its batch), else the run's logical date."""
+    if (context.get("params") or {}).get(param):
+        return run_date(context, param)
+    days = [
+        str(e.extra.get("as_of_date") or e.extra.get("batch_key"))[:10]
+        for found in (context.get("triggering_asset_events") or {}).values()
+        for e in found
+        if e.extra and (e.extra.get("as_of_date") or e.extra.get("batch_key"))
+    ]
+    if days:
+        return max(dt.date.fromisoformat(d) for d in days).isoformat()
+    return run_date(context, param)

@@ -21,7 +21,17 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-DAG_KINDS = ("retrain", "batch_predict", "drift_check")
+DAG_KINDS = ("retrain", "batch_predict", "drift_check", "performance", "rollout")
+
+
+def dag_kinds(config: Any) -> tuple[str, ...]:
+    """The DAGs a pipeline gets: performance with a `labels:` source, rollout with a serving rollout."""
+    return tuple(
+        kind
+        for kind in DAG_KINDS
+        if (kind != "performance" or config.labels is not None)
+        and (kind != "rollout" or config.serving.rollout.mode != "none")
+    )
 _RUN = re.compile(r"<DagRun \S+ @ .+?: (\S+), state:")
 _FINISHED = re.compile(r"DagRun Finished: dag_id=[^,]+, .*?run_id=([^,]+), .*?state=(\w+)")
 _ERROR = re.compile(r"^[\w.]+(?:Exception|Error): .+")  # a traceback's last line
@@ -43,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--window-days", type=_days, help="the window's length (default: training.window_days)")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     run = commands.add_parser("run", help="run one DAG once with `airflow dags test` on the embedded default")
-    run.add_argument("dag_id", help="<pipeline>__retrain, <pipeline>__batch_predict or <pipeline>__drift_check")
+    run.add_argument("dag_id", help="<pipeline>__retrain, __batch_predict, __drift_check, __performance or __rollout")
     run.add_argument("date", type=dt.date.fromisoformat, help="the logical date, YYYY-MM-DD")
     run.add_argument("--conf", type=_conf, default={}, help="the run's Params as a JSON object")
     portable = commands.add_parser(
@@ -187,7 +197,7 @@ def run_command(args: argparse.Namespace) -> int:
     env, date = dict(os.environ), args.date.isoformat()
     env.setdefault("LIFECYCLE_TASK_RETRIES", "0")  # a one-off run reports a failure at once, not minutes later
     configs, errors = load_pipelines(pipelines_dir())
-    dags = {f"{c.name}__{kind}": (c, kind) for c in configs for kind in DAG_KINDS}
+    dags = {f"{c.name}__{kind}": (c, kind) for c in configs for kind in dag_kinds(c)}
     if args.dag_id not in dags:
         print(f"no DAG {args.dag_id!r} from the pipelines in {pipelines_dir()}; there are: {sorted(dags) or 'none'}")
         for error in errors:

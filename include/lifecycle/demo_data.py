@@ -97,24 +97,51 @@ def activity(day: dt.date, rows: int = 1000, drift_from: dt.date | None = None, 
     return frame
 
 
+LABEL_DELAY_DAYS = 4  # the demo's labels land this many days after the activity they label
+
+
+def labels(activity_frame: pd.DataFrame) -> pd.DataFrame:
+    """The outcome of each activity row, as a labels feed delivers it: id, the row's timestamp, the label."""
+    return activity_frame[["account_id", "snapshot_date", "churned"]].copy()
+
+
+def write_labels(root: Path, days: list[dt.date], activity_frames: list[pd.DataFrame], delay_days: int) -> list[Path]:
+    """labels/date=<arrival day>/part.parquet: each day's outcomes, landing `delay_days` later."""
+    written = []
+    for day, frame in zip(days, activity_frames, strict=True):
+        arrival = day + dt.timedelta(days=delay_days)
+        path = root / "labels" / f"date={arrival.isoformat()}" / "part.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        labels(frame).to_parquet(path, index=False)
+        written.append(path)
+    return written
+
+
 def write(
     root: Path,
     start: dt.date,
     end: dt.date,
     rows_per_day: int = 1000,
     drift_from: dt.date | None = None,
+    label_delay_days: int | None = LABEL_DELAY_DAYS,
 ) -> list[Path]:
-    """Write accounts.csv and activity/date=YYYY-MM-DD/part.parquet for each day in [start, end]."""
+    """Write accounts.csv and activity/date=YYYY-MM-DD/part.parquet for each day in [start, end], and the
+    labels of each day under labels/, partitioned by the day they arrive (None: no labels feed)."""
     root.mkdir(parents=True, exist_ok=True)
     accounts().to_csv(root / "accounts.csv", index=False)
-    written = []
+    written, days, frames = [], [], []
     day = start
     while day <= end:
         path = root / "activity" / f"date={day.isoformat()}" / "part.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
-        activity(day, rows_per_day, drift_from).to_parquet(path, index=False)
+        frame = activity(day, rows_per_day, drift_from)
+        frame.to_parquet(path, index=False)
         written.append(path)
+        days.append(day)
+        frames.append(frame)
         day += dt.timedelta(days=1)
+    if label_delay_days is not None:
+        write_labels(root, days, frames, label_delay_days)
     return written
 
 

@@ -36,7 +36,8 @@ def _performance(config: PipelineConfig, frame: Any, scores: dict[str, float], h
     from lifecycle.config import METRICS
     from lifecycle.metrics import metric
 
-    if config.target not in frame or holdout is None or config.task == "multiclass":
+    # With a labels source, performance is the performance DAG's job, from the labels as they arrive.
+    if config.labels is not None or config.target not in frame or holdout is None or config.task == "multiclass":
         return None
     labelled = frame[frame[config.target].notna()]
     ids = labelled[config.id_column].astype(str)
