@@ -25,6 +25,7 @@ DATA_END = dt.date(2026, 3, 31)
 DRIFT_FROM = dt.date(2026, 3, 10)
 RETRAIN_DAYS = [dt.date(2026, 3, 1), dt.date(2026, 3, 2)]
 SCORE_DAYS = [dt.date(2026, 3, 6) + dt.timedelta(days=i) for i in range(7)]  # four before the drift, three after
+LABEL_DELAY = 4  # demo_data.LABEL_DELAY_DAYS: the churn labels land four days after the activity
 
 
 def embedded_defaults() -> dict[str, str]:
@@ -110,7 +111,7 @@ def score_and_watch() -> bool:
     prefix = PIPELINE
     with la.running_airflow(dict(os.environ), log_dir=log_dir) as airflow:
         print(f"   Airflow is up at {airflow.base_url} after {airflow.startup_seconds:.0f}s (logs: {log_dir})")
-        for kind in ("batch_predict", "drift_check", "retrain"):
+        for kind in ("batch_predict", "drift_check", "performance", "retrain"):
             la.wait_for_dag(airflow, f"{prefix}__{kind}")
             la.unpause(airflow, f"{prefix}__{kind}")
         earlier_retrains = {r["dag_run_id"] for r in la.list_runs(airflow, f"{prefix}__retrain")}
@@ -128,10 +129,73 @@ def score_and_watch() -> bool:
         print("   waiting for the asset-triggered drift checks and the retrain they request...")
         retrain = la.wait_for_run(airflow, f"{prefix}__retrain", timeout=1200, ignore=earlier_retrains)
         drift_runs = wait_for_drift(len(SCORE_DAYS), timeout=600)
+        settled = wait_until_idle(airflow, [f"{prefix}__{k}" for k in ("drift_check", "performance", "retrain")])
         print(f"   drift checks recorded for {drift_runs} batches; retrain run {retrain['dag_run_id']}: {retrain['state']}"
-              f" ({time.perf_counter() - started:.0f}s)")  # fmt: skip
+              f" ({time.perf_counter() - started:.0f}s); {settled}")  # fmt: skip
     summarise_scoring()
     return retrain["state"] == "success"
+
+
+def wait_until_idle(airflow, dag_ids: list[str], timeout: float = 1200) -> str:
+    """Let the asset-triggered runs finish (a retrain both policies asked for may queue a second one)."""
+    from lifecycle import local_airflow as la
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        busy = [
+            (d, r["state"]) for d in dag_ids for r in la.list_runs(airflow, d) if r["state"] not in la.FINISHED_STATES
+        ]
+        if not busy:
+            counts = {d.split("__")[-1]: len(la.list_runs(airflow, d)) for d in dag_ids}
+            return "runs: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+        time.sleep(5)
+    return f"still running after {timeout:.0f}s: {busy}"
+
+
+def summarise_performance(label_day: dt.date) -> None:
+    """What the performance DAG recorded while the batches were scored, then once every label has landed."""
+    import sqlalchemy as sa
+
+    from lifecycle.predictions_db import engine_for
+
+    def table() -> dict:
+        engine = engine_for(os.environ["AIRFLOW_CONN_PREDICTIONS_DB"])
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text("SELECT batch_key, model_version, kind, value, rows, batch_rows FROM performance_metrics "
+                        "WHERE pipeline = :p AND metric = 'roc_auc' ORDER BY batch_key"), {"p": PIPELINE}
+            ).all()  # fmt: skip
+            requests = conn.execute(
+                sa.text("SELECT batch_key, reason FROM retrain_requests WHERE pipeline = :p AND reason LIKE "
+                        "'performance%' ORDER BY batch_key"), {"p": PIPELINE}
+            ).all()  # fmt: skip
+        engine.dispose()
+        found: dict = {}
+        for batch_key, version, kind, value, rows_, batch_rows in rows:
+            found.setdefault((str(batch_key), version), {})[kind] = (value, rows_, batch_rows)
+        return found, requests
+
+    def show(found: dict) -> None:
+        for (batch_key, version), kinds in sorted(found.items()):
+            real = kinds.get("realised")
+            est = kinds.get("estimated")
+            err = kinds.get("estimate_error")
+            print(
+                f"   {batch_key} v{version}: estimated {est[0]:.3f}" if est else f"   {batch_key} v{version}:", end=""
+            )
+            print(f", realised {real[0]:.3f} ({real[1]}/{real[2]} labelled), estimate error {err[0]:+.3f}" if real and err
+                  else ", realised: labels not arrived yet")  # fmt: skip
+
+    step(f"Performance while the batches were scored (labels land {LABEL_DELAY} days late; table performance_metrics)")
+    found, requests = table()
+    show(found)
+    for batch_key, reason in requests:
+        print(f"   retrain requested on {batch_key}: {reason}")
+    if not requests:
+        print("   the performance policy requested no retrain")
+    step(f"The labels of every batch have landed by {label_day}: the performance DAG once more")
+    if run_dag(f"{PIPELINE}__performance", label_day, {"as_of_date": label_day.isoformat()}):
+        show(table()[0])
 
 
 def wait_for_drift(batches: int, timeout: float) -> int:
@@ -245,8 +309,15 @@ def main() -> int:
     step(f"Generating demo data {DATA_START}..{DATA_END} (drift injected from {DRIFT_FROM})")
     from lifecycle import demo_data
 
-    paths = demo_data.write(Path(os.environ["DATA_ROOT"]) / PIPELINE, DATA_START, DATA_END, drift_from=DRIFT_FROM)
-    print(f"   {len(paths)} daily partitions and accounts.csv under {os.environ['DATA_ROOT']}")
+    paths = demo_data.write(
+        Path(os.environ["DATA_ROOT"]) / PIPELINE,
+        DATA_START,
+        DATA_END,
+        drift_from=DRIFT_FROM,
+        label_delay_days=LABEL_DELAY,
+    )
+    print(f"   {len(paths)} daily partitions, accounts.csv and the churn labels (landing {LABEL_DELAY} days later) "
+          f"under {os.environ['DATA_ROOT']}")  # fmt: skip
 
     step("Preparing Airflow's metadata database (SQLite)")
     ok, seconds = airflow("db", "migrate", log=LOCAL / "logs" / "db-migrate.log")
@@ -264,6 +335,8 @@ def main() -> int:
     step(f"Scoring {len(SCORE_DAYS)} daily batches on a running Airflow (scheduler, LocalExecutor)")
     if not score_and_watch():
         return 1
+
+    summarise_performance(SCORE_DAYS[-1] + dt.timedelta(days=LABEL_DELAY))
 
     step("The champion outside this repository: a clean virtualenv from its own requirements.txt")
     if not check_portable():
