@@ -262,6 +262,9 @@ class PerformancePolicy(_Strict):
     """Retrain when the primary metric falls more than `max_drop` below the holdout's, realised or estimated."""
 
     enabled: bool = True
+    # The metric it watches (default: training.primary_metric). A ranking metric (ROC AUC) can hold while the
+    # decisions at the threshold get worse: accuracy, F1 or log loss see that, estimated and realised.
+    metric: str | None = None
     signals: list[Literal["realised", "estimated"]] = Field(default_factory=lambda: ["realised", "estimated"])
     max_drop: float | None = Field(None, ge=0)  # default: drift.max_performance_drop
     min_batches: int = Field(2, ge=1, le=90)  # consecutive batches past the drop before it fires
@@ -428,6 +431,8 @@ class PipelineConfig(_Strict):
             self._check_metric(floor, f"gate.floors.{floor}")
         for name in self.gate.secondary or {}:
             self._check_metric(name, f"gate.secondary.{name}")
+        if self.performance.policy.metric is not None:
+            self._check_metric(self.performance.policy.metric, "performance.policy.metric")
         if self.task == "regression" and self.training.calibration not in ("auto", "none"):
             raise ValueError("training.calibration: a regression's predictions are values, not probabilities")
         for source in self.sources[1:]:

@@ -62,9 +62,10 @@ def batch_rows(config: PipelineConfig, group: Any, reference: dict[str, float]) 
     scores = group["score"].to_numpy(dtype=float)
     total = len(group)
     rows: list[dict[str, Any]] = []
+    kept, _dropped = estimation.clean_scores(task, scores)  # a row without a score cannot be estimated
     estimates = estimation.estimate(task, scores, threshold)
     for name, value in estimates.items():
-        rows.append({"metric": name, "kind": "estimated", "value": value, "rows": total, "batch_rows": total,
+        rows.append({"metric": name, "kind": "estimated", "value": value, "rows": len(kept), "batch_rows": total,
                      "reference": reference.get(name)})  # fmt: skip
     labelled = group[group["actual"].notna()]
     if len(labelled) >= config.performance.min_labelled:
@@ -149,10 +150,14 @@ def _drop(metric: str, value: float, reference: float) -> float:
     return drop
 
 
+def watched_metric(config: PipelineConfig) -> str:
+    return config.performance.policy.metric or config.training.primary_metric
+
+
 def signals(config: PipelineConfig, stored: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per batch (newest version that scored it), the primary metric the policy reads: realised when the labels
-    are in, else the estimate; with its drop from the holdout."""
-    metric = config.training.primary_metric
+    """Per batch, the metric the policy watches (`performance.policy.metric`, default the primary): realised when
+    the labels are in, else the estimate; with its drop from the version's holdout value."""
+    metric = watched_metric(config)
     allowed = set(config.performance.policy.signals)
     by_batch: dict[dt.date, dict[str, dict[str, Any]]] = {}
     for row in stored:
@@ -192,7 +197,7 @@ def decide_retrain(
     if not policy.enabled:
         return {**result, "reason": "the performance policy is disabled"}
     if len(recent) < policy.min_batches:
-        return {**result, "reason": f"{len(recent)} batch(es) with a {config.training.primary_metric} signal, "
+        return {**result, "reason": f"{len(recent)} batch(es) with a {watched_metric(config)} signal, "
                                     f"the policy needs {policy.min_batches}"}  # fmt: skip
     if len(past) < policy.min_batches:
         return {

@@ -14,7 +14,10 @@ DEMO = "include/pipelines/demo_churn.yaml"
 
 @pytest.fixture
 def config() -> PipelineConfig:
-    return load_pipeline(DEMO)
+    """The demo pipeline, its policy watching the primary metric (ROC AUC)."""
+    data = load_pipeline(DEMO).model_dump()
+    data["performance"]["policy"]["metric"] = None
+    return PipelineConfig.model_validate(data)
 
 
 def _row(day: int, kind: str, value: float, reference: float = 0.80, metric: str = "roc_auc") -> dict:
@@ -72,3 +75,17 @@ def test_batches_after_the_as_of_day_are_not_read(config):
     stored = [_row(2, "estimated", 0.70), _row(3, "estimated", 0.70), _row(4, "estimated", 0.80)]
     assert performance.decide_retrain(config, "2026-03-03", stored, None)["retrain"] is True
     assert performance.decide_retrain(config, "2026-03-04", stored, None)["retrain"] is False
+
+
+def test_the_policy_watches_the_metric_the_yaml_names():
+    demo = load_pipeline(DEMO)
+    assert performance.watched_metric(demo) == "accuracy"
+    stored = [_row(2, "estimated", 0.70), _row(3, "estimated", 0.70), _row(2, "estimated", 0.89, 0.89, "accuracy"),
+              _row(3, "estimated", 0.78, 0.89, "accuracy")]  # fmt: skip
+    decision = performance.decide_retrain(demo, "2026-03-03", stored, None)
+    assert decision["retrain"] is False, "ROC AUC fell, but accuracy is what the demo watches: one batch of it fell"
+    assert "2026-03-03 estimated accuracy 0.7800" in decision["reason"]
+    data = demo.model_dump()
+    data["performance"]["policy"]["metric"] = "rmse"
+    with pytest.raises(ValueError, match="performance.policy.metric: metric 'rmse' does not apply to task 'binary'"):
+        PipelineConfig.model_validate(data)
