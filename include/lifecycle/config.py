@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import math
 import os
 import re
 from pathlib import Path
@@ -29,6 +31,12 @@ METRICS: dict[str, tuple[frozenset[str], bool]] = {
     # Calibration (issue 11): expected calibration error and Brier score of the probabilities.
     "ece": (frozenset({"binary", "multiclass"}), False),
     "brier": (frozenset({"binary", "multiclass"}), False),
+}
+
+# Where each metric's values lie (a floor outside can never be met, or always is); unlisted: [0, inf).
+METRIC_RANGES: dict[str, tuple[float, float]] = {
+    **{m: (0.0, 1.0) for m in ("roc_auc", "pr_auc", "f1", "precision", "recall", "accuracy", "ece", "brier")},
+    "r2": (-math.inf, 1.0),
 }
 
 # Secondary metrics the gate guards by default (the primary must improve, these must not get worse by more
@@ -89,9 +97,52 @@ def _check_kind(source: Source | Labels) -> None:
         raise ValueError("a date_partitioned uri needs a '{date}' placeholder, e.g. .../date={date}/")
 
 
+# The functions pandas.eval (numexpr) knows; anything else in a derived expression fails at run time.
+EVAL_FUNCTIONS = frozenset(
+    "sin cos tan exp log expm1 log1p log10 sqrt sinh cosh tanh arcsin arccos arctan arccosh arcsinh arctanh "
+    "abs arctan2".split()
+)
+_EVAL_NODES = (
+    ast.Expression, ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare, ast.Name, ast.Load, ast.Constant, ast.Call,
+    ast.operator, ast.unaryop, ast.boolop, ast.cmpop,
+)  # fmt: skip
+
+
+def expression_columns(expression: str) -> list[str]:
+    """The columns a derived expression reads; a ValueError says what pandas.eval would refuse."""
+    try:
+        tree = ast.parse(expression.strip(), mode="eval")
+    except SyntaxError as err:
+        raise ValueError(f"expression {expression!r} is not valid: {err.msg} at character {err.offset}") from None
+    names = []
+    for node in ast.walk(tree):
+        if not isinstance(node, _EVAL_NODES):
+            raise ValueError(
+                f"expression {expression!r}: {type(node).__name__} is not allowed (arithmetic, comparisons, "
+                f"and the functions {sorted(EVAL_FUNCTIONS)})"
+            )
+        if isinstance(node, ast.Call):
+            if not isinstance(node.func, ast.Name) or node.func.id not in EVAL_FUNCTIONS or node.keywords:
+                called = node.func.id if isinstance(node.func, ast.Name) else ast.unparse(node.func)
+                raise ValueError(f"expression {expression!r}: {called}() is not one of {sorted(EVAL_FUNCTIONS)}")
+        elif isinstance(node, ast.Name):
+            names.append((node.col_offset, node.id))
+    called = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    return list(dict.fromkeys(n for _, n in sorted(names) if n not in called))
+
+
 class DerivedFeature(_Strict):
     name: Annotated[str, Field(pattern=_NAME)]
     expression: str  # evaluated with pandas.DataFrame.eval on the raw columns
+
+    @field_validator("expression")
+    @classmethod
+    def _parses(cls, expression: str) -> str:
+        if not expression.strip():
+            raise ValueError("the expression is empty")
+        if not expression_columns(expression):
+            raise ValueError(f"expression {expression!r} reads no column")
+        return expression
 
 
 class Features(_Strict):
@@ -135,7 +186,7 @@ class Training(_Strict):
 
 
 class Bootstrap(_Strict):
-    resamples: int = Field(200, ge=0, le=10000)
+    resamples: int = Field(200, ge=20, le=10000)  # fewer cannot give a 90% interval worth the name
     confidence: float = Field(0.9, gt=0.5, lt=1.0)
 
 
@@ -147,7 +198,7 @@ class Gate(_Strict):
     mode: Literal["enforce", "approve", "dry_run", "off", "canary"] = "enforce"
     approval_timeout_hours: float = Field(72, gt=0)  # unanswered, the request is rejected and the champion stays
     floors: dict[str, float] = Field(default_factory=dict)
-    min_improvement: float = Field(0.0, ge=0.0)
+    min_improvement: float = Field(0.0, ge=0.0, allow_inf_nan=False)
     bootstrap: Bootstrap = Bootstrap()
     # Metric -> the most it may get worse than the champion's (absolute) while the primary improves. Empty
     # or absent: DEFAULT_SECONDARY for the task (classification: log_loss 0.01); {} explicitly turns it off.
@@ -190,8 +241,18 @@ class Validation(_Strict):
     # Daily partitions of a date_partitioned source that may be absent from a training window before the
     # snapshot fails; the absent days are listed in the snapshot's metadata either way.
     max_missing_partitions: int = Field(0, ge=0)
-    # Extra Great Expectations expectations: {type: expect_..., kwargs: {...}}.
+    # Extra Great Expectations expectations: {type: expect_..., kwargs: {...}}, checked against GX's registry.
     expectations: list[dict[str, Any]] = Field(default_factory=list)
+
+    @field_validator("expectations")
+    @classmethod
+    def _known(cls, expectations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from lifecycle.gx_registry import problems
+
+        found = [f"[{i}] {p}" for i, e in enumerate(expectations) for p in problems(e)]
+        if found:
+            raise ValueError("; ".join(found))
+        return expectations
 
 
 class RetrainPolicy(_Strict):
@@ -421,14 +482,25 @@ class PipelineConfig(_Strict):
     serving: Serving = Serving()
     labels: Labels | None = None
     performance: Performance = Performance()
-    model_name: str | None = None
+    # The registered model's name in MLflow (default: the pipeline's name).
+    model_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> PipelineConfig:
         metric = self.training.primary_metric
         self._check_metric(metric, "training.primary_metric")
-        for floor in self.gate.floors:
+        for floor, value in self.gate.floors.items():
             self._check_metric(floor, f"gate.floors.{floor}")
+            low, high = METRIC_RANGES.get(floor, (0.0, math.inf))
+            if not (math.isfinite(value) and low <= value <= high):
+                raise ValueError(f"gate.floors.{floor}: {value} is outside the metric's range [{low}, {high}]")
+        window = self.training.window_days
+        needed = self.training.validation_days + self.training.holdout_days + 1
+        if window < needed:
+            raise ValueError(
+                f"training.window_days ({window}) leaves no training days: it must be at least validation_days "
+                f"({self.training.validation_days}) + holdout_days ({self.training.holdout_days}) + 1"
+            )
         for name in self.gate.secondary or {}:
             self._check_metric(name, f"gate.secondary.{name}")
         if self.performance.policy.metric is not None:

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 DAG_FILES = sorted((REPO / "dags").glob("*.py"))
 PIPELINES = sorted((REPO / "include" / "pipelines").glob("*.yaml"))
 HEAVY = ("pandas", "sklearn", "lightgbm", "mlflow", "great_expectations", "matplotlib", "pyarrow")
-KINDS = ("retrain", "batch_predict", "drift_check")
+KINDS = ("retrain", "batch_predict", "drift_check", "performance")  # performance: the demo has `labels:`
 
 
 @pytest.fixture(scope="module")
