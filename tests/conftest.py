@@ -82,3 +82,28 @@ def champion(demo_data, airflow_db) -> subprocess.CompletedProcess:
     result = run_dag("demo_churn__retrain", "2026-02-10", {"reason": "first champion"})
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return result
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001
+    """The corruption catalogue's totals: cases caught at the stage they name, of the cases tried."""
+    totals: dict[str, list[int]] = {}
+    for outcome in ("passed", "failed", "error"):
+        for report in terminalreporter.stats.get(outcome, []):
+            if getattr(report, "when", "call") != "call":
+                continue
+            properties = dict(getattr(report, "user_properties", []))
+            stage = properties.get("catalogue")
+            if stage is None:
+                continue
+            cases = 1 + int(properties.get("catalogue_extra", 0))
+            caught, tried = totals.setdefault(stage, [0, 0])
+            totals[stage] = [caught + (cases if outcome == "passed" else 0), tried + cases]
+    if totals:
+        terminalreporter.section("corruption catalogue")
+        kinds: dict[str, list[int]] = {}
+        for stage, (caught, tried) in sorted(totals.items()):
+            terminalreporter.write_line(f"{stage}: caught {caught} / {tried}")
+            kind = stage.split(":")[0]
+            kinds[kind] = [a + b for a, b in zip(kinds.get(kind, [0, 0]), (caught, tried), strict=True)]
+        for kind, (caught, tried) in sorted(kinds.items()):
+            terminalreporter.write_line(f"{kind}s in all: caught {caught} / {tried}")
