@@ -235,12 +235,37 @@ class Prediction(_Strict):
     input_prefixes: list[str] = Field(default_factory=list)
 
 
+Severity = Literal["fail", "warn", "ignore"]
+
+
+class Contract(_Strict):
+    """The data contract: rules the champion's training reference sets for every later training window and
+    scoring batch (lifecycle.contract records it at training time and checks it, with Great Expectations).
+
+    `fail` stops the run before any model work or any row is written, `warn` is reported (and counted in the
+    drift report), `ignore` skips the rule. The share limits fail a `warn` rule when too many rows break it.
+    """
+
+    type_change: Severity = "fail"  # a column's kind changed (integer to float, number to text, ...)
+    partition_nulls: Severity = "fail"  # one daily partition's null share over validation.max_null_fraction
+    timestamps: Severity = "fail"  # rows outside their partition's (or batch's) day, or in the future
+    empty_partitions: Severity = "fail"  # a daily partition that exists but holds no rows
+    unseen_categories: Severity = "warn"  # a categorical value the reference never had
+    out_of_range: Severity = "warn"  # a numeric value far outside the reference's range
+    unknown_labels: Severity = "fail"  # a target value the reference never had (a batch's, or a window's)
+    unseen_share_limit: float = Field(0.05, ge=0.0, le=1.0)  # a larger share of rows with unseen values fails
+    out_of_range_share_limit: float = Field(0.01, ge=0.0, le=1.0)  # a larger share of far-out values fails
+    # "Far outside": beyond the reference's [q01, q99] widened on each side by this many times its width.
+    range_margin: float = Field(1.0, ge=0.0, allow_inf_nan=False)
+
+
 class Validation(_Strict):
     min_rows: int = Field(100, ge=1)
     max_null_fraction: float = Field(0.3, ge=0.0, le=1.0)
     # Daily partitions of a date_partitioned source that may be absent from a training window before the
     # snapshot fails; the absent days are listed in the snapshot's metadata either way.
     max_missing_partitions: int = Field(0, ge=0)
+    contract: Contract = Contract()
     # Extra Great Expectations expectations: {type: expect_..., kwargs: {...}}, checked against GX's registry.
     expectations: list[dict[str, Any]] = Field(default_factory=list)
 
