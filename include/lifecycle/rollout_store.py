@@ -7,6 +7,9 @@ A rerun of a day replaces that day's row.
 
 from __future__ import annotations
 
+import datetime as dt
+from typing import Any
+
 import sqlalchemy as sa
 
 TABLE = "rollout_decisions"
@@ -40,3 +43,47 @@ def decisions_table(metadata: sa.MetaData) -> sa.Table:
         sa.Column("decided_at", sa.DateTime(timezone=True), nullable=False),
         sa.UniqueConstraint("pipeline", "decided_on", name="uq_rollout_decisions_day"),
     )
+
+
+COLUMNS = tuple(c.name for c in decisions_table(sa.MetaData()).columns)
+
+
+def ensure_table(engine: sa.Engine) -> sa.Table:
+    from lifecycle.predictions_db import create_tables
+
+    metadata = sa.MetaData()
+    table = decisions_table(metadata)
+    create_tables(engine, metadata)
+    return table
+
+
+def replace_decision(engine: sa.Engine, row: dict[str, Any]) -> None:
+    """Write one day's decision, replacing an earlier one of the same (pipeline, day), in one transaction.
+
+    `row` holds the table's columns (`decided_at` defaults to now); a retried or rerun day leaves one row.
+    """
+    table = ensure_table(engine)
+    unknown = sorted(set(row) - set(COLUMNS))
+    if unknown:
+        raise ValueError(f"{TABLE}: unknown columns {unknown}; the table has {list(COLUMNS)}")
+    values = {"decided_at": dt.datetime.now(dt.UTC), **row}
+    day = values["decided_on"]
+    if isinstance(day, str):
+        values["decided_on"] = day = dt.date.fromisoformat(day)
+    with engine.begin() as conn:
+        conn.execute(sa.delete(table).where(table.c.pipeline == values["pipeline"], table.c.decided_on == day))
+        conn.execute(sa.insert(table).values(**values))
+
+
+def load_decisions(engine: sa.Engine, pipeline: str, limit: int = 30) -> list[dict[str, Any]]:
+    """The pipeline's newest `limit` decisions, newest day first, as dicts of the table's columns ([] before any)."""
+    if not sa.inspect(engine).has_table(TABLE):
+        return []
+    table = decisions_table(sa.MetaData())
+    query = sa.select(table).where(table.c.pipeline == pipeline).order_by(table.c.decided_on.desc()).limit(limit)
+    with engine.connect() as conn:
+        rows = [dict(r._mapping) for r in conn.execute(query)]
+    for row in rows:
+        if isinstance(row["decided_on"], str):  # SQLite read back without type affinity
+            row["decided_on"] = dt.date.fromisoformat(row["decided_on"])
+    return rows

@@ -169,3 +169,112 @@ def register_champion(
             airflow_run_id=airflow_run_id, mlflow_run_id=run_id,
         )  # fmt: skip
     return number
+
+
+# The version a history row gives an alias that was removed (the history's version column is never empty).
+ALIAS_REMOVED = ""
+
+
+def rollout_challenger(model_name: str, challenger: int | str | None) -> str | None:
+    """The version `serving.rollout.challenger` names now: a version number that exists, or an alias that is set."""
+    from mlflow.exceptions import MlflowException
+
+    if challenger is None:
+        return None
+    if isinstance(challenger, str):
+        found = champion(model_name, challenger)
+        return str(found.version) if found is not None else None
+    try:
+        return str(mlflow_client().get_model_version(model_name, str(challenger)).version)
+    except MlflowException as err:
+        if "RESOURCE_DOES_NOT_EXIST" in str(err.error_code) or "not found" in str(err).lower():
+            return None
+        raise
+
+
+def promote_version(
+    model_name: str,
+    version: str,
+    expected_champion: str | None,
+    *,
+    engine: Any,
+    moved_by: str,
+    how: str,
+    reason: str = "",
+    airflow_run_id: str | None = None,
+) -> bool:
+    """Move `champion` to an already registered version if it is still `expected_champion`; True if moved now.
+
+    The compare-and-set of `register_champion` for a version that exists (a canary's challenger): under the
+    alias lock, a champion that is already `version` is a retry (the history gets the move if it missed it,
+    nothing else happens, False); one that is neither is a stale decision (ChampionMovedError, nothing moved).
+    """
+    from lifecycle import registry_history
+
+    version = str(version)
+    with registry_history.alias_lock(engine, model_name) as conn:
+        current = champion(model_name)
+        current_number = str(current.version) if current is not None else None
+        if current_number == version:
+            if registry_history.last_version(conn, model_name) != version:
+                registry_history.record(
+                    conn, model_name, version, previous=registry_history.last_version(conn, model_name),
+                    moved_by=moved_by, how=how, reason=reason, airflow_run_id=airflow_run_id,
+                )  # fmt: skip
+            return False
+        registry_history.observe(conn, model_name, current_number)
+        expected = str(expected_champion) if expected_champion is not None else None
+        stale = current_number != expected
+        if not stale:
+            client = mlflow_client()
+            if current_number is not None:
+                client.set_model_version_tag(model_name, version, "previous_champion", current_number)
+            client.set_registered_model_alias(model_name, CHAMPION, version)
+            registry_history.record(
+                conn, model_name, version, previous=current_number, moved_by=moved_by, how=how, reason=reason,
+                airflow_run_id=airflow_run_id,
+            )  # fmt: skip
+    if stale:  # raised after the commit, so the history keeps the move it observed
+        raise ChampionMovedError(
+            f"models:/{model_name}@{CHAMPION} is version {current_number}, but the decision compared version "
+            f"{version} against {'no champion' if expected is None else f'version {expected}'}: nothing moved; "
+            "the next decision compares against the current champion"
+        )
+    return True
+
+
+def remove_alias(
+    model_name: str,
+    alias: str,
+    version: str,
+    *,
+    engine: Any,
+    moved_by: str,
+    how: str,
+    reason: str = "",
+    airflow_run_id: str | None = None,
+) -> bool:
+    """Delete `alias` if it still points at `version`, and record the removal once; True if it was deleted now.
+
+    An alias already gone is a retry (the removal is recorded if the first attempt died before it could); one
+    moved to another version meanwhile (a new test started) is left alone and nothing is recorded.
+    """
+    from lifecycle import registry_history
+
+    if alias == CHAMPION:
+        raise ValueError("the champion alias is moved, never removed")
+    version = str(version)
+    with registry_history.alias_lock(engine, model_name, alias) as conn:
+        current = champion(model_name, alias)
+        current_number = str(current.version) if current is not None else None
+        if current_number is not None and current_number != version:
+            return False
+        registry_history.observe(conn, model_name, current_number, alias)
+        if current_number == version:
+            mlflow_client().delete_registered_model_alias(model_name, alias)
+        if registry_history.last_version(conn, model_name, alias) != ALIAS_REMOVED:
+            registry_history.record(
+                conn, model_name, ALIAS_REMOVED, previous=version, moved_by=moved_by, how=how, reason=reason,
+                airflow_run_id=airflow_run_id, alias=alias,
+            )  # fmt: skip
+    return current_number == version
