@@ -129,6 +129,51 @@ def test_a_bad_pipeline_file_is_an_import_error_naming_file_and_field_and_the_go
     assert parsed["dags"] == [f"demo_churn__{kind}" for kind in sorted(KINDS)]
 
 
+def test_a_pipeline_in_a_rollout_gets_its_rollout_dag_and_the_demo_none(tmp_path, dagbag):
+    """`<name>__rollout` exists only where serving.rollout routes traffic; the demo (mode none) has none."""
+    good = (REPO / "include" / "pipelines" / "demo_churn.yaml").read_text()
+    canary = good.replace("name: demo_churn", "name: canary_churn") + (
+        "\nserving:\n  rollout: {mode: canary, challenger: challenger, share: 0.2}\n"
+    )
+    (tmp_path / "canary_churn.yaml").write_text(canary)
+    env = {**os.environ, "PIPELINES_DIR": str(tmp_path)}
+    script = textwrap.dedent(
+        """
+        import json, sys
+        from airflow.dag_processing.dagbag import DagBag
+        bag = DagBag(sys.argv[1])
+        dag = bag.dags["canary_churn__rollout"]
+        print(json.dumps({"errors": dict(bag.import_errors), "tasks": sorted(t.task_id for t in dag.tasks),
+                          "schedule": dag.timetable.expression, "params": sorted(dag.params.dump()),
+                          "dags": sorted(bag.dag_ids)}))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(REPO / "dags")], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    parsed = json.loads(result.stdout.strip().splitlines()[-1])
+    assert parsed["errors"] == {}
+    assert parsed["tasks"] == [
+        "apply.announce_champion", "apply.apply_decision", "apply.champion_moved", "decide.decide",
+        "decide.test_running",
+    ]  # fmt: skip
+    assert parsed["schedule"] == "0 8 * * *" and parsed["params"] == ["day"]
+    assert "canary_churn__rollout" in parsed["dags"]
+    assert "demo_churn__rollout" not in dagbag.dag_ids
+
+
+def test_the_performance_dag_runs_on_cron_labels_and_predictions(dagbag):
+    dag = dagbag.dags["demo_churn__performance"]
+    assert {t.task_id for t in dag.tasks} == {
+        "performance.record_performance", "policy.decide", "policy.policy_fires", "policy.request_retrain",
+    }  # fmt: skip
+    assets = set(_asset_names(dag.timetable.asset_condition))
+    assert assets == {"demo_churn__labels", "demo_churn__predictions"}
+    requester = dag.get_task("policy.request_retrain")
+    assert [a.name for a in requester.outlets] == ["demo_churn__retrain_request"]
+
+
 def test_assets_chain_prediction_drift_and_retrain(dagbag):
     """batch_predict updates the predictions Asset, drift_check runs on it, retrain runs on cron or a request."""
     predict, drift, retrain = (dagbag.dags[f"demo_churn__{k}"] for k in ("batch_predict", "drift_check", "retrain"))
