@@ -3,7 +3,9 @@
 Builds, in a temporary directory, an MLflow SQLite store with `--versions` registered versions of the demo
 model (each from a retrain run tagged and logged the way lifecycle.retrain does it, plus `--rejected`
 rejected challengers), and a SQLite predictions database with `--batches` daily batches of
-`--rows-per-batch` predictions and their drift rows. Then it times what the page's route does besides the
+`--rows-per-batch` predictions, their drift rows, their performance rows (5 estimated metrics, 8 realised and
+5 estimate errors per batch, as the performance DAG writes them; the newest 3 batches unlabelled) and 60
+rollout decisions. Then it times what the page's route does besides the
 auth check: `models_page.pipeline_view` (MLflow + SQL) and `render_page` (HTML with the SVG charts), once
 cold (first calls on a fresh client), `--repeats` times as is, and `--repeats` times after `gc.freeze()`
 as the plugin's warm-up leaves the api-server ("warm", what the budget is checked against). It prints the parts, the MLflow calls and
@@ -121,7 +123,49 @@ def seed_database(engine, config, batches: int, rows_per_batch: int) -> float:
                 "threshold, drifted, model_version, airflow_run_id, checked_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 drift,
             )
+        seed_performance(conn, config, batches)
     return time.perf_counter() - started
+
+
+def seed_performance(conn, config, batches: int) -> None:
+    """The performance DAG's rows for every batch and 60 days of rollout decisions, in bulk inserts."""
+    import sqlalchemy as sa
+
+    from lifecycle import performance_store, rollout_store
+
+    table = performance_store.performance_table(sa.MetaData(), config.performance.metrics_table)
+    table.metadata.create_all(conn)
+    decisions = rollout_store.decisions_table(table.metadata)
+    decisions.create(conn, checkfirst=True)
+    now = dt.datetime.now(dt.UTC)
+    estimated = ("roc_auc", "accuracy", "precision", "recall", "f1")
+    realised = (*estimated, "pr_auc", "log_loss", "brier")
+    rows = []
+    for b in range(batches):
+        key, version = T0.date() + dt.timedelta(days=b), str(1 + b * 100 // max(batches, 1))
+        common = {"pipeline": config.name, "batch_key": key, "model_version": version, "batch_rows": 1000,
+                  "reference": 0.8, "airflow_run_id": f"performance__{key}", "computed_at": now}  # fmt: skip
+        value = 0.7 + (b % 29) / 200
+        for metric in estimated:
+            rows.append({**common, "metric": metric, "kind": "estimated", "value": value, "ci_low": value - 0.02,
+                         "ci_high": value + 0.02, "rows": 1000})  # fmt: skip
+        if b < batches - 3:
+            for metric in realised:
+                rows.append({**common, "metric": metric, "kind": "realised", "value": value - 0.01,
+                             "ci_low": value - 0.04, "ci_high": value + 0.02, "rows": 700})  # fmt: skip
+            for metric in estimated:
+                rows.append({**common, "metric": metric, "kind": "estimate_error", "value": 0.01, "ci_low": None,
+                             "ci_high": None, "rows": 700})  # fmt: skip
+    conn.execute(table.insert(), rows)
+    conn.execute(decisions.insert(), [
+        {"pipeline": config.name, "decided_on": T0.date() + dt.timedelta(days=d), "mode": "canary",
+         "metric": "roc_auc", "champion_version": "99", "challenger_version": "100", "champion_rows": 100 * d,
+         "challenger_rows": 10 * d, "champion_value": 0.8, "champion_ci_low": 0.78, "champion_ci_high": 0.82,
+         "challenger_value": 0.81, "challenger_ci_low": 0.76, "challenger_ci_high": 0.86, "difference": 0.01,
+         "difference_ci_low": -0.03, "difference_ci_high": 0.05, "paired": False, "decision": "extend",
+         "reason": "fewer than 200 labelled rows per arm", "airflow_run_id": f"rollout__{d}", "decided_at": now}
+        for d in range(60)
+    ])  # fmt: skip
 
 
 def measure(config, client, engine):
@@ -138,6 +182,10 @@ def measure(config, client, engine):
     mark = time.perf_counter()
     models_page.load_database(view, config, engine)
     timings["sql"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    models_page.load_performance(view, config, engine)
+    models_page.load_decisions(view, config, engine)
+    timings["perf_sql"] = time.perf_counter() - mark
     mark = time.perf_counter()
     page = models_page.render_page([view], [config.name], models_page.Links(), can_rollback={config.name: True})
     timings["render"] = time.perf_counter() - mark
@@ -191,12 +239,13 @@ def main() -> int:
         warm = [measure(config, fresh, engine)[0] for _ in range(args.repeats)]
         assert len(view.versions) == args.versions and len(view.batches) == min(args.batches, 400), view.errors
         assert view.champion is not None and view.champion.version == args.versions
+        assert len(view.performance.points) == min(args.batches, 400) and len(view.decisions) == 60
 
         def median(part: str, runs: list[dict] = warm) -> float:
             return statistics.median(t[part] for t in runs)
 
         print(f"{'part':8s} {'cold s':>8s} {'no freeze s':>12s} {'warm median s':>14s} {'warm max s':>11s}")
-        for part in ("mlflow", "sql", "render", "total"):
+        for part in ("mlflow", "sql", "perf_sql", "render", "total"):
             print(
                 f"{part:8s} {cold[part]:8.3f} {median(part, unfrozen):12.3f} {median(part):14.3f} "
                 f"{max(t[part] for t in warm):11.3f}"
@@ -211,7 +260,7 @@ def main() -> int:
         result = {
             "versions": args.versions, "rejected": args.rejected, "batches": args.batches,
             "rows_per_batch": args.rows_per_batch, "repeats": args.repeats, "cold": cold,
-            "warm_median": {p: median(p) for p in ("mlflow", "sql", "render", "total")},
+            "warm_median": {p: median(p) for p in ("mlflow", "sql", "perf_sql", "render", "total")},
             "no_freeze_median": median("total", unfrozen), "frozen_objects": gc.get_freeze_count(),
             "warm_max": max(t["total"] for t in warm), "mlflow_calls": view.mlflow_calls,
             "sql_queries": view.sql_queries, "page_bytes": len(page), "budget": args.budget, "ok": ok,

@@ -1,4 +1,4 @@
-"""The "Models" page in the Airflow UI: champion, challengers, scoring and drift per pipeline, and rollback.
+"""The "Models" page in the Airflow UI: champion, challengers, scoring, drift, performance and rollout decisions per pipeline, and rollback.
 
 An Airflow 3 plugin: a FastAPI app mounted at /lifecycle on the api-server, and an external view that
 puts it in the navigation (the UI frames it at /plugin/models). The data and the HTML come from

@@ -2,8 +2,10 @@
 
 Reading is a handful of calls whatever the history's length: per pipeline one `get_registered_model`
 (the aliases), one `search_model_versions`, one `search_runs` for the retrain runs (plus one for versions
-whose runs fall outside that window), and two SQL queries (rows scored per batch, drift per feature per
-batch). Rendering is server-side HTML with inline SVG charts and no external resource.
+whose runs fall outside that window), and five SQL queries (rows scored per batch, drift per feature per
+batch, the registry history, realised and estimated performance per batch, the newest rollout decisions).
+A table that does not exist yet is an empty section. Rendering is server-side HTML with inline SVG charts
+and no external resource.
 
 `plugins/lifecycle_models.py` serves this inside Airflow; the rollback there calls `rollback` here.
 """
@@ -27,6 +29,8 @@ MAX_RUNS = 500
 MAX_VERSIONS = 1000
 MAX_BATCHES = 400
 SHOWN_RUNS = 200
+SHOWN_PERFORMANCE = 120  # rows of the performance table (newest batches); the chart has every batch read
+SHOWN_DECISIONS = 60
 MAX_MARKERS = 400  # drifted points marked on the drift charts; past that the lines say enough
 
 
@@ -126,6 +130,71 @@ class DriftSeries:
 
 
 @dataclass
+class PerformancePoint:
+    """One batch and model version: the primary metric realised (once labels arrived) and estimated."""
+
+    batch_key: str
+    model_version: str
+    batch_rows: int | None = None
+    realised: float | None = None
+    realised_low: float | None = None
+    realised_high: float | None = None
+    labelled_rows: int | None = None  # the rows the realised value is computed from
+    estimated: float | None = None
+    estimated_low: float | None = None
+    estimated_high: float | None = None
+    estimate_error: float | None = None  # estimated minus realised
+    reference: float | None = None  # the version's holdout value
+    computed_at: str | None = None
+
+
+@dataclass
+class PerformanceSeries:
+    metric: str
+    higher_is_better: bool
+    relative: bool  # RMSE and MAE: the policy's drop is a share of the holdout's value
+    max_drop: float
+    policy_enabled: bool
+    floor: float | None  # the gate's floor for the metric, when it has one
+    signals: list[str] = field(default_factory=lambda: ["realised", "estimated"])  # what the policy acts on
+    points: list[PerformancePoint] = field(default_factory=list)  # oldest batch first, then version
+
+    def trigger(self, reference: float | None) -> float | None:
+        """Where the performance policy fires for a version with this holdout value."""
+        if reference is None or not math.isfinite(reference):
+            return None
+        drop = self.max_drop * abs(reference) if self.relative else self.max_drop
+        return reference - drop if self.higher_is_better else reference + drop
+
+
+@dataclass
+class RolloutDecision:
+    """One day's verdict of `<pipeline>__rollout` (the columns of lifecycle.rollout_store's table)."""
+
+    decided_on: str
+    mode: str
+    metric: str
+    champion_version: str
+    challenger_version: str
+    champion_rows: int
+    challenger_rows: int
+    champion_value: float | None
+    champion_ci_low: float | None
+    champion_ci_high: float | None
+    challenger_value: float | None
+    challenger_ci_low: float | None
+    challenger_ci_high: float | None
+    difference: float | None
+    difference_ci_low: float | None
+    difference_ci_high: float | None
+    paired: bool
+    decision: str
+    reason: str
+    airflow_run_id: str
+    decided_at: str | None
+
+
+@dataclass
 class PipelineView:
     name: str
     model_name: str
@@ -141,6 +210,9 @@ class PipelineView:
     latest_evaluation_run: str | None = None  # Airflow run id whose evaluation/report.html is the latest
     latest_drift: dict[str, str] | None = None  # {"batch_key", "airflow_run_id"} of the newest drift check
     history: list[AliasMove] = field(default_factory=list)  # newest first
+    performance: PerformanceSeries | None = None
+    decisions: list[RolloutDecision] = field(default_factory=list)  # newest first
+    rollout_mode: str = "none"  # serving.rollout.mode, for the decisions' empty state
     errors: list[str] = field(default_factory=list)
     mlflow_calls: int = 0
     sql_queries: int = 0
@@ -422,6 +494,103 @@ def load_history(view: PipelineView, engine: sa.Engine) -> None:
     view.sql_queries += 1
 
 
+def _version_order(version: str) -> tuple[int, str]:
+    return (int(version), "") if version.isdigit() else (1 << 62, version)
+
+
+def _finite(value: Any) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def load_performance(
+    view: PipelineView, config: PipelineConfig, engine: sa.Engine, *, max_batches: int = MAX_BATCHES
+) -> None:
+    """The primary metric per batch and version, realised and estimated: one query, the newest batches only."""
+    from lifecycle.performance import RELATIVE_METRICS
+    from lifecycle.performance_store import performance_table
+
+    metric = config.training.primary_metric
+    policy = config.performance.policy
+    view.performance = series = PerformanceSeries(
+        metric=metric,
+        higher_is_better=config.higher_is_better,
+        relative=metric in RELATIVE_METRICS,
+        max_drop=policy.max_drop if policy.max_drop is not None else config.drift.max_performance_drop,
+        policy_enabled=policy.enabled,
+        signals=list(policy.signals),
+        floor=config.gate.floors.get(metric),
+    )
+    table = performance_table(sa.MetaData(), config.performance.metrics_table)
+    if not _has_table(engine, table.name):
+        return
+    recent = (
+        sa.select(table.c.batch_key)
+        .where(table.c.pipeline == config.name, table.c.metric == metric)
+        .distinct()
+        .order_by(table.c.batch_key.desc())
+        .limit(max_batches)
+        .subquery()
+    )
+    query = (
+        sa.select(
+            table.c.batch_key, table.c.model_version, table.c.kind, table.c.value, table.c.ci_low, table.c.ci_high,
+            table.c.rows, table.c.batch_rows, table.c.reference, table.c.computed_at,
+        )
+        .where(
+            table.c.pipeline == config.name,
+            table.c.metric == metric,
+            table.c.batch_key >= sa.select(sa.func.min(recent.c.batch_key)).scalar_subquery(),
+        )
+        .order_by(table.c.batch_key)
+    )  # fmt: skip
+    with engine.connect() as conn:
+        found = conn.execute(query).all()
+    view.sql_queries += 1
+    points: dict[tuple[str, str], PerformancePoint] = {}
+    for key, version, kind, value, low, high, rows, batch_rows, reference, computed_at in found:
+        version = str(version)
+        point = points.get((day := _day(key), version))
+        if point is None:
+            point = points[(day, version)] = PerformancePoint(batch_key=day, model_version=version)
+        point.batch_rows = point.batch_rows if batch_rows is None else int(batch_rows)
+        point.reference = _finite(reference) if reference is not None else point.reference
+        when = _utc_iso(computed_at) if computed_at is not None and not isinstance(computed_at, str) else None
+        point.computed_at = max(filter(None, (point.computed_at, when)), default=None)
+        if kind == "realised":
+            point.realised, point.realised_low, point.realised_high = _finite(value), _finite(low), _finite(high)
+            point.labelled_rows = int(rows)
+        elif kind == "estimated":
+            point.estimated, point.estimated_low, point.estimated_high = _finite(value), _finite(low), _finite(high)
+        elif kind == "estimate_error":
+            point.estimate_error = _finite(value)
+    series.points = sorted(points.values(), key=lambda p: (p.batch_key, _version_order(p.model_version)))
+
+
+def load_decisions(
+    view: PipelineView, config: PipelineConfig, engine: sa.Engine, *, limit: int = SHOWN_DECISIONS
+) -> None:
+    """The newest verdicts of `<pipeline>__rollout` on its canary or A/B test (one query)."""
+    from lifecycle.rollout_store import load_decisions as newest
+
+    view.rollout_mode = config.serving.rollout.mode
+    rows = newest(engine, config.name, limit)
+    view.sql_queries += 1
+    view.decisions = [
+        RolloutDecision(
+            decided_on=_day(row["decided_on"]), mode=str(row["mode"]), metric=str(row["metric"]),
+            champion_version=str(row["champion_version"]), challenger_version=str(row["challenger_version"]),
+            champion_rows=int(row["champion_rows"]), challenger_rows=int(row["challenger_rows"]),
+            **{k: _finite(row[k]) for k in (
+                "champion_value", "champion_ci_low", "champion_ci_high", "challenger_value", "challenger_ci_low",
+                "challenger_ci_high", "difference", "difference_ci_low", "difference_ci_high")},
+            paired=bool(row["paired"]), decision=str(row["decision"]), reason=str(row["reason"] or ""),
+            airflow_run_id=str(row["airflow_run_id"]),
+            decided_at=_utc_iso(row["decided_at"]) if not isinstance(row["decided_at"], str) else row["decided_at"],
+        )
+        for row in rows
+    ]  # fmt: skip
+
+
 def _series(rows: list[tuple], metric: str, default_threshold: float) -> DriftSeries | None:
     """Rows of (day, feature, metric, value, threshold, drifted, run id) as one line per feature."""
     chosen = [r for r in rows if r[2] == metric]
@@ -468,12 +637,23 @@ def pipeline_view(
         load_mlflow(view, config, client, max_runs=max_runs, max_versions=max_versions)
     except Exception as err:  # the page still shows what the other store has
         view.errors.append(f"MLflow could not be read: {type(err).__name__}: {err}")
-    if engine is not None:
+    if engine is None:
+        return view
+    # Each part on its own: a table that cannot be read (an older schema, a lost connection) hides only itself.
+    parts = [
+        ("the predictions and drift tables", lambda: load_database(view, config, engine, max_batches=max_batches)),
+        ("the registry history", lambda: load_history(view, engine)),
+        (
+            f"the performance table {config.performance.metrics_table!r}",
+            lambda: load_performance(view, config, engine, max_batches=max_batches),
+        ),
+        ("the rollout decisions", lambda: load_decisions(view, config, engine)),
+    ]
+    for what, load in parts:
         try:
-            load_database(view, config, engine, max_batches=max_batches)
-            load_history(view, engine)
+            load()
         except sa.exc.SQLAlchemyError as err:
-            view.errors.append(f"the predictions database could not be read: {type(err).__name__}: {err}")
+            view.errors.append(f"the predictions database could not be read ({what}): {type(err).__name__}: {err}")
     return view
 
 
@@ -640,8 +820,11 @@ class _Frame:
             parts.append(f'<line x1="{LEFT}" y1="{y:.1f}" x2="{LEFT + self.w}" y2="{y:.1f}" class="grid"/>')
             parts.append(f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" class="lbl">{tick:g}</text>')
         for i, text in labels:
+            x, anchor = self.x(i), "middle"
+            if x + len(text) * 3.3 > WIDTH:  # a date under the last slot would be cut at the right edge
+                x, anchor = WIDTH - 2, "end"
             parts.append(
-                f'<text x="{self.x(i):.1f}" y="{TOP + self.h + 16}" text-anchor="middle" class="lbl">{_e(text)}</text>'
+                f'<text x="{x:.1f}" y="{TOP + self.h + 16}" text-anchor="{anchor}" class="lbl">{_e(text)}</text>'
             )
         return "".join(parts)
 
@@ -656,11 +839,16 @@ def _x_labels(names: list[str], most: int = 8) -> list[tuple[int, str]]:
     return [(i, names[i]) for i in chosen]
 
 
-def _svg(body: str, label: str, chart_id: str) -> str:
-    return (
+def _svg(body: str, label: str, chart_id: str, *, readout: bool = False) -> str:
+    """The chart; with `readout`, a line under it shows the <title> of what the pointer is on (no waiting)."""
+    extra = f' data-readout="{chart_id}-readout"' if readout else ""
+    svg = (
         f'<svg id="{chart_id}" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{_e(label)}" '
-        f'preserveAspectRatio="xMinYMin meet">{body}</svg>'
+        f'preserveAspectRatio="xMinYMin meet"{extra}>{body}</svg>'
     )
+    if readout:
+        svg += f'<div class="readout" id="{chart_id}-readout" aria-live="polite">Point at a mark for its value.</div>'
+    return svg
 
 
 def metric_chart(view: PipelineView) -> str:
@@ -699,6 +887,258 @@ def rows_chart(view: PipelineView) -> str:
     )
     body = frame.axes(_x_labels([b.batch_key for b in batches]), "rows scored") + bars
     return _svg(body, "rows scored per batch", "chart-rows")
+
+
+def _signed(value: float | None, digits: int = 4) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{value:+.{digits}f}"
+
+
+def _interval(low: float | None, high: float | None, signed: bool = False) -> str:
+    if low is None or high is None:
+        return ""
+    show = _signed if signed else _fmt
+    return f" [{show(low)}, {show(high)}]"
+
+
+def _past(series: PerformanceSeries, kind: str, value: float | None, reference: float | None) -> bool:
+    """Whether a value of a signal the policy acts on is beyond the version's retrain trigger."""
+    trigger = series.trigger(reference)
+    if value is None or trigger is None or not series.policy_enabled or kind not in series.signals:
+        return False
+    return value < trigger if series.higher_is_better else value > trigger
+
+
+def _trigger_text(series: PerformanceSeries, version: str, reference: float) -> str:
+    side = "below" if series.higher_is_better else "above"
+    sign = "−" if series.higher_is_better else "+"
+    how = f"{sign} {series.max_drop:.0%} of it" if series.relative else f"{sign} {series.max_drop:g}"
+    return f"v{version} retrain trigger: {series.metric} {side} {_fmt(series.trigger(reference))} (holdout {_fmt(reference)} {how})"
+
+
+def _polylines(points: list[tuple[int, str | None]], css: str, title: str) -> str:
+    """Lines through (batch index, "x,y") where consecutive batches both have a value (None: no value)."""
+    parts, current, last = [], [], None
+    for i, xy in points:
+        if xy is None or (last is not None and i != last + 1):
+            if len(current) > 1:
+                parts.append(current)
+            current = []
+        if xy is not None:
+            current.append(xy)
+        last = i
+    if len(current) > 1:
+        parts.append(current)
+    return "".join(
+        f'<polyline points="{" ".join(line)}" class="{css}"><title>{_e(title)}</title></polyline>' for line in parts
+    )
+
+
+def performance_chart(view: PipelineView) -> str:
+    """The primary metric per batch: realised (dots, CI whiskers, solid) and estimated (rings, dashed) per version,
+    with each version's holdout reference and retrain trigger, and the gate's floor."""
+    series = view.performance
+    if series is None or not series.points:
+        return ""
+    batches = sorted({p.batch_key for p in series.points})
+    index = {b: i for i, b in enumerate(batches)}
+    versions = sorted({p.model_version for p in series.points}, key=_version_order)
+    colors = {v: PALETTE[n % len(PALETTE)] for n, v in enumerate(versions)}
+    in_batch: dict[str, list[str]] = {}
+    for point in series.points:
+        in_batch.setdefault(point.batch_key, []).append(point.model_version)
+    references = {p.model_version: p.reference for p in series.points if p.reference is not None}
+    found = [
+        v
+        for p in series.points
+        for v in (p.realised, p.realised_low, p.realised_high, p.estimated, p.estimated_low, p.estimated_high)
+        if v is not None
+    ]
+    found += [
+        v
+        for r in references.values()
+        for v in (r, series.trigger(r) if series.policy_enabled else None)
+        if v is not None
+    ]
+    if series.floor is not None:
+        found.append(series.floor)
+    frame = _Frame(len(batches), min(found), max(found))
+    pad = (frame.high - frame.low) * 0.08
+    frame = _Frame(len(batches), frame.low - pad, frame.high + pad)
+    slot = frame.w / len(batches)
+    metric = series.metric
+
+    def x(point: PerformancePoint) -> float:
+        present = in_batch[point.batch_key]
+        step = min(8.0, slot / (len(present) + 1))
+        return frame.x(index[point.batch_key]) + (present.index(point.model_version) - (len(present) - 1) / 2) * step
+
+    parts = [frame.axes(_x_labels(batches), metric)]
+    lines, marks = [], []  # per version, in a group of its colour: every line under every mark
+    for version in versions:
+        own = [p for p in series.points if p.model_version == version]
+        lines.append(f'<g style="color:{colors[version]}">')
+        marks.append(f'<g style="color:{colors[version]}">')
+        first, last = index[own[0].batch_key], index[own[-1].batch_key]
+        x1, x2 = frame.x(first) - slot / 2, frame.x(last) + slot / 2
+        reference = references.get(version)
+        if reference is not None:
+            y = frame.y(reference)
+            lines.append(
+                f'<line x1="{x1:.1f}" y1="{y:.1f}" x2="{x2:.1f}" y2="{y:.1f}" class="reference">'
+                f"<title>v{_e(version)} holdout {_e(metric)} {_fmt(reference)}</title></line>"
+            )
+            trigger = series.trigger(reference)
+            if series.policy_enabled and trigger is not None:
+                y = frame.y(trigger)
+                lines.append(
+                    f'<line x1="{x1:.1f}" y1="{y:.1f}" x2="{x2:.1f}" y2="{y:.1f}" class="trigger">'
+                    f"<title>{_e(_trigger_text(series, version, reference))}</title></line>"
+                )
+
+        def coords(value_of: Any, own: list[PerformancePoint] = own) -> list[tuple[int, str | None]]:
+            return [
+                (index[p.batch_key], None if (v := value_of(p)) is None else f"{x(p):.1f},{frame.y(v):.1f}")
+                for p in own
+            ]
+
+        lines.append(_polylines(coords(lambda p: p.estimated), "estimated", f"v{version} estimated {metric}"))
+        lines.append(_polylines(coords(lambda p: p.realised), "realised", f"v{version} realised {metric}") + "</g>")
+        for p in own:
+            cx = x(p)
+            if p.estimated is not None:
+                if p.estimated_low is not None and p.estimated_high is not None:
+                    marks.append(
+                        f'<line x1="{cx:.1f}" y1="{frame.y(p.estimated_low):.1f}" x2="{cx:.1f}" '
+                        f'y2="{frame.y(p.estimated_high):.1f}" class="ci est"/>'
+                    )
+                error = f"; error {_signed(p.estimate_error)} vs realised" if p.estimate_error is not None else ""
+                rows = f" from {p.batch_rows} scored rows" if p.batch_rows is not None else ""
+                marks.append(
+                    f'<circle cx="{cx:.1f}" cy="{frame.y(p.estimated):.1f}" r="3.5" '
+                    f'class="pt-estimated" data-batch="{_e(p.batch_key)}" data-version="{_e(version)}"><title>'
+                    f"{_e(p.batch_key)} · v{_e(version)} · estimated {_e(metric)} {_fmt(p.estimated)}"
+                    f"{_interval(p.estimated_low, p.estimated_high)}{rows}{error}</title></circle>"
+                )
+            if p.realised is not None:
+                if p.realised_low is not None and p.realised_high is not None:
+                    low, high = frame.y(p.realised_low), frame.y(p.realised_high)
+                    marks.append(
+                        f'<path d="M{cx:.1f} {low:.1f}V{high:.1f}M{cx - 3:.1f} {low:.1f}h6M{cx - 3:.1f} {high:.1f}h6" '
+                        'class="ci"/>'
+                    )
+                labelled = (
+                    f" on {p.labelled_rows} of {p.batch_rows} rows labelled" if p.labelled_rows is not None else ""
+                )
+                marks.append(
+                    f'<circle cx="{cx:.1f}" cy="{frame.y(p.realised):.1f}" r="4" '
+                    f'class="pt-realised" data-batch="{_e(p.batch_key)}" data-version="{_e(version)}"><title>'
+                    f"{_e(p.batch_key)} · v{_e(version)} · realised {_e(metric)} {_fmt(p.realised)}"
+                    f"{_interval(p.realised_low, p.realised_high)}{labelled}</title></circle>"
+                )
+        marks.append("</g>")
+    if series.floor is not None:
+        y = frame.y(series.floor)
+        parts.append(
+            f'<line x1="{LEFT}" y1="{y:.1f}" x2="{LEFT + frame.w}" y2="{y:.1f}" class="threshold floor">'
+            f"<title>gate floor {_e(metric)} {series.floor:g}</title></line>"
+            f'<text x="{LEFT + frame.w - 4}" y="{y - 4:.1f}" text-anchor="end" class="lbl thr">'
+            f"gate floor {series.floor:g}</text>"
+        )
+    parts += lines + marks
+    keys = "".join(f'<span class="key"><i style="background:{colors[v]}"></i>v{_e(v)}</span>' for v in versions)
+    trigger = (
+        f'<span class="key"><i class="k-trigger"></i>retrain trigger (holdout {"−" if series.higher_is_better else "+"} '
+        f"{f'{series.max_drop:.0%}' if series.relative else f'{series.max_drop:g}'})</span>"
+        if series.policy_enabled
+        else '<span class="key muted">performance policy off</span>'
+    )
+    legend = (
+        f'{keys}<span class="key">● realised (whiskers: confidence interval)</span><span class="key">○ estimated '
+        f'(dashed, label-free)</span><span class="key"><i class="k-reference"></i>holdout reference</span>{trigger}'
+        f"{'<span class=key><i class=k-floor></i>gate floor</span>' if series.floor is not None else ''}"
+    )
+    label = f"{metric} per batch: realised and estimated, per model version"
+    return _svg("".join(parts), label, "chart-performance", readout=True) + f'<div class="legend">{legend}</div>'
+
+
+def _performance_table(view: PipelineView, links: Links) -> str:
+    series = view.performance
+    if series is None or not series.points:
+        dag = f"{view.name}__performance"
+        return (
+            f'<p class="empty" id="performance-empty">No performance has been recorded yet: the '
+            f'<a data-top href="{_e(links.airflow_dag(dag))}"><code>{_e(dag)}</code></a> DAG fills it, the estimate '
+            "for every scored batch and the realised value as its labels arrive.</p>"
+        )
+    shown = series.points[::-1][:SHOWN_PERFORMANCE]
+    rows = []
+    for p in shown:
+        if p.realised is not None:
+            realised = f"<b>{_fmt(p.realised)}</b>{_interval(p.realised_low, p.realised_high)}"
+        else:
+            realised = '<span class="muted">awaiting labels</span>'
+        realised += (
+            f'<div class="muted">{"–" if p.labelled_rows is None else p.labelled_rows} / '
+            f"{'–' if p.batch_rows is None else p.batch_rows} rows labelled</div>"
+        )
+        if _past(series, "realised", p.realised, p.reference):
+            realised += '<div class="bad">past the retrain trigger</div>'
+        estimated = f"{_fmt(p.estimated)}{_interval(p.estimated_low, p.estimated_high)}"
+        if _past(series, "estimated", p.estimated, p.reference):
+            estimated += '<div class="bad">past the retrain trigger</div>'
+        rows.append(
+            f'<tr data-batch="{_e(p.batch_key)}" data-version="{_e(p.model_version)}"><td>{_e(p.batch_key)}</td>'
+            f"<td>v{_e(p.model_version)}</td><td>{realised}</td><td>{estimated}</td>"
+            f"<td>{_signed(p.estimate_error)}</td><td>{_fmt(p.reference)}</td></tr>"
+        )
+    more = (
+        f'<p class="muted">Showing the newest {len(shown)} of {len(series.points)} batches and versions.</p>'
+        if len(series.points) > len(shown)
+        else ""
+    )
+    metric = _e(series.metric)
+    return (
+        f'<table id="performance"><tr><th>batch</th><th>version</th><th>realised {metric} [CI]</th>'
+        f"<th>estimated {metric}</th><th>estimate error</th><th>holdout {metric}</th></tr>{''.join(rows)}</table>{more}"
+    )
+
+
+def _arm(label: str, value: float | None, low: float | None, high: float | None) -> str:
+    return f"<div>{label} <b>{_fmt(value)}</b>{_interval(low, high)}</div>"
+
+
+def _decisions_table(view: PipelineView, links: Links) -> str:
+    dag = f"{view.name}__rollout"
+    if not view.decisions:
+        mode = " (serving.rollout.mode is <code>none</code>: no test is running)" if view.rollout_mode == "none" else ""
+        return (
+            f'<p class="empty" id="decisions-empty">No rollout decision yet: the <a data-top '
+            f'href="{_e(links.airflow_dag(dag))}"><code>{_e(dag)}</code></a> DAG records one a day while a shadow, '
+            f"canary or A/B test runs{mode}.</p>"
+        )
+    rows = []
+    for d in view.decisions:
+        run = (
+            f' <a data-top href="{_e(links.airflow_run(dag, d.airflow_run_id))}">Airflow run</a>'
+            if d.airflow_run_id
+            else ""
+        )
+        rows.append(
+            f'<tr data-day="{_e(d.decided_on)}"><td>{_e(d.decided_on)}</td><td>{_e(d.mode)}</td>'
+            f"<td>champion v{_e(d.champion_version)}<br>challenger v{_e(d.challenger_version)}</td>"
+            f"<td>{d.champion_rows}<br>{d.challenger_rows}</td>"
+            f'<td><span class="muted">{_e(d.metric)}</span>'
+            f"{_arm('champion', d.champion_value, d.champion_ci_low, d.champion_ci_high)}"
+            f"{_arm('challenger', d.challenger_value, d.challenger_ci_low, d.challenger_ci_high)}</td>"
+            f"<td><b>{_signed(d.difference)}</b>{_interval(d.difference_ci_low, d.difference_ci_high, signed=True)}</td>"
+            f"<td>{'paired' if d.paired else 'unpaired'}</td>"
+            f'<td><span class="verdict v-{_e(d.decision)}">{_e(d.decision)}</span></td><td>{_e(d.reason)}{run}</td></tr>'
+        )  # fmt: skip
+    return (
+        '<table id="decisions"><tr><th>day</th><th>mode</th><th>versions</th><th>labelled rows</th>'
+        "<th>metric per arm [CI]</th><th>challenger − champion [CI]</th><th>paired</th><th>decision</th><th>reason</th>"
+        f"</tr>{''.join(rows)}</table>"
+    )
 
 
 def drift_chart(series: DriftSeries | None, chart_id: str, label: str) -> str:
@@ -773,7 +1213,16 @@ svg{width:100%;max-width:920px;height:auto;display:block}.axis{stroke:#94a3b8}.g
 form.rollback{display:flex;gap:8px;align-items:center;flex-wrap:wrap;margin-top:8px}
 button{background:#b91c1c;color:#fff;border:0;border-radius:6px;padding:6px 12px;cursor:pointer}
 input,select{padding:5px;border:1px solid #cbd5e1;border-radius:6px}.reason{max-width:420px}
-#rollback-status{font-weight:600}td.links{white-space:nowrap}
+#rollback-status{font-weight:600}td.links{white-space:nowrap}.bad{color:var(--bad)}
+.v-abort{color:var(--bad)}.v-extend{color:var(--warn)}.reference,.ci,.realised,.estimated,.pt-estimated{stroke:currentColor}
+.realised,.estimated{fill:none}.pt-realised{fill:currentColor}.realised{stroke-width:1.6}
+.estimated{stroke-width:1.4;stroke-dasharray:5 4}.pt-estimated{fill:#fff;stroke-width:1.6}.ci{stroke-width:1.2;fill:none}
+.ci.est{stroke-opacity:.35;stroke-width:3}.reference{stroke-width:1;stroke-dasharray:1 3;stroke-opacity:.9}
+.trigger{stroke:#b45309;stroke-width:1.2;stroke-dasharray:4 3}
+.k-reference,.k-trigger,.k-floor{height:0!important;border-top:2px dotted #64748b;border-radius:0!important}
+.k-trigger{border-top:2px dashed #b45309}.k-floor{border-top:2px dashed #b91c1c}
+.readout{font-size:12px;color:var(--fg);margin:2px 0 0 56px;min-height:1.4em}
+[data-readout] circle{cursor:crosshair}
 """
 
 SCRIPT = """
@@ -790,6 +1239,15 @@ SCRIPT = """
       var doc = window.top.document, a = doc.createElement('a');
       a.href = link.href; doc.body.appendChild(a); a.click(); a.remove();
     } catch (e) { window.location.href = link.href; }
+  });
+  // A chart with a readout shows the <title> of the mark under the pointer at once (the browser's own
+  // tooltip waits and cannot be read without a mouse).
+  document.querySelectorAll('svg[data-readout]').forEach(function (svg) {
+    var out = document.getElementById(svg.dataset.readout);
+    svg.addEventListener('mouseover', function (event) {
+      var title = event.target !== svg && event.target.querySelector && event.target.querySelector(':scope > title');
+      if (title && out) out.textContent = title.textContent;
+    });
   });
   document.querySelectorAll('form.rollback').forEach(function (form) {
     form.addEventListener('submit', function (event) {
@@ -1030,8 +1488,14 @@ def render_pipeline(view: PipelineView, links: Links, *, can_rollback: bool) -> 
 {_rollback_form(view, links, can_rollback)}
 <h2>{_e(view.primary_metric)} on holdout per model version <span class="muted">({direction} is better)</span></h2>
 {metric_chart(view)}
+<h2>Performance over time: {_e(view.primary_metric)} per batch <span class="muted">(realised once labels arrive,
+estimated before; {direction} is better)</span></h2>
+{performance_chart(view)}
+{_performance_table(view, links)}
 <h2>Challengers: every retrain run</h2>
 {_runs_table(view, links)}
+<h2>Rollout decisions <span class="muted">(a challenger on live traffic against the champion)</span></h2>
+{_decisions_table(view, links)}
 <h2>Rows scored per batch</h2>
 {rows_chart(view)}
 <h2>Drift per feature over batches: PSI (numeric features and predictions)</h2>

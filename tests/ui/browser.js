@@ -4,8 +4,9 @@
 //   node tests/ui/browser.js trigger   log in, open the retrain DAG, fill the trigger form, trigger;
 //                                      prints {"run_id": ...}
 //   node tests/ui/browser.js models    log in, open "Models" in the navigation, check the run and the
-//                                      values it was triggered with, the report, the link to the run,
-//                                      and roll the champion back through the confirm() dialog
+//                                      values it was triggered with, the performance chart (a value read
+//                                      by pointing at a point) and the rollout decisions, the report, the
+//                                      link to the run, and roll the champion back through the confirm() dialog
 //
 // The last line printed is one JSON object; on failure it has "error" and the exit code is 1 (a
 // screenshot of the moment is saved as failure-<phase>.png).
@@ -83,6 +84,28 @@ async function models(page) {
   result.champion = (await frame.locator('#champion-version').innerText()).trim();
   check(result.champion === String(cfg.champion_before), `champion is ${result.champion}, not ${cfg.champion_before}`);
   check(await frame.locator('#chart-metric circle').count() >= 1, 'no point on the metric chart');
+
+  // Performance over time: the chart is on screen, and pointing at a realised point shows its value.
+  const chart = frame.locator('#chart-performance');
+  await chart.scrollIntoViewIfNeeded();
+  check(await chart.isVisible(), 'the performance chart is not visible');
+  const box = await chart.boundingBox();
+  const point = chart.locator(
+    `circle.pt-realised[data-batch="${cfg.hover_point.batch}"][data-version="${cfg.hover_point.version}"]`);
+  await point.hover();
+  const readout = frame.locator('#chart-performance-readout');
+  await readout.filter({ hasText: cfg.hover_point.batch }).waitFor({ timeout: 10000 });
+  result.performance = {
+    readout: (await readout.innerText()).trim(),
+    realised: await chart.locator('circle.pt-realised').count(),
+    estimated: await chart.locator('circle.pt-estimated').count(),
+    width: box ? box.width : 0,
+  };
+  check(result.performance.readout === cfg.hover_text, `the hover shows ${result.performance.readout}`);
+  await page.screenshot({ path: path.join(out, 'models-performance.png') });
+  const decisions = await frame.locator('#decisions').innerText();
+  check(decisions.includes(cfg.decision_reason) && /extend/.test(decisions),
+    `the rollout decisions do not show the decision: ${decisions}`);
   await frame.locator('#rollback-form').scrollIntoViewIfNeeded();
   await page.screenshot({ path: path.join(out, 'models-page.png') });
 

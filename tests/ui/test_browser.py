@@ -5,8 +5,10 @@ on a free loopback port, with its own AIRFLOW_HOME, MLflow store, artifact root 
 under the test's temporary folder. Debian's Chromium, driven by playwright-core from `tests/ui/browser.js`,
 logs in through the login form, triggers `demo_churn__retrain` with non-default values (as-of date, a
 30-day window, a one-candidate grid to keep the run short, a unique reason), and, once the run has
-succeeded, opens "Models" from the navigation and checks the run and those values there, the evaluation
-report, the link back to the run, and a rollback through the page's confirm() dialog.
+succeeded, opens "Models" from the navigation and checks the run and those values there, the performance
+chart (rows the performance DAG would write, put in the predictions database by the test) with a value read by
+pointing at a point, the rollout decisions, the evaluation report, the link back to the run, and a rollback
+through the page's confirm() dialog.
 
 Set-up it does itself: `apt-get install chromium` when /usr/bin/chromium is missing (as root), and
 `npm ci` when node_modules/playwright-core is missing. Screenshots go to test-artifacts/ui/ and the two the
@@ -113,6 +115,41 @@ def _browser(phase: str, settings: dict, timeout: float = 240) -> dict:
     return result
 
 
+def _seed_performance(database_url: str) -> str:
+    """A week of realised and estimated roc_auc for versions 1 and 2, and a rollout decision, as the performance
+    and rollout DAGs write them; the hover text the page must show for one realised point."""
+    import datetime as dt
+
+    from lifecycle import performance_store, rollout_store
+    from lifecycle.predictions_db import engine_for
+
+    engine = engine_for(database_url)
+    for i in range(7):
+        day = dt.date(2026, 2, 14) + dt.timedelta(days=i)
+        version, reference = ("1", 0.80) if i < 4 else ("2", 0.82)
+        value = 0.79 - 0.01 * i
+        rows = [{"metric": "roc_auc", "kind": "estimated", "value": value + 0.005, "rows": 400, "batch_rows": 400,
+                 "reference": reference}]  # fmt: skip
+        if i < 5:  # the last two days' labels have not arrived
+            rows += [
+                {"metric": "roc_auc", "kind": "realised", "value": value, "ci_low": value - 0.03,
+                 "ci_high": value + 0.03, "rows": 300, "batch_rows": 400, "reference": reference},
+                {"metric": "roc_auc", "kind": "estimate_error", "value": 0.005, "rows": 300, "batch_rows": 400,
+                 "reference": reference},
+            ]  # fmt: skip
+        performance_store.replace_batch(engine, "performance_metrics", "demo_churn", day, version, rows, "ui-test")
+    rollout_store.replace_decision(engine, {
+        "pipeline": "demo_churn", "decided_on": dt.date(2026, 2, 20), "mode": "canary", "metric": "roc_auc",
+        "champion_version": "1", "challenger_version": "2", "champion_rows": 900, "challenger_rows": 120,
+        "champion_value": 0.78, "champion_ci_low": 0.75, "champion_ci_high": 0.81, "challenger_value": 0.79,
+        "challenger_ci_low": 0.72, "challenger_ci_high": 0.85, "difference": 0.01, "difference_ci_low": -0.06,
+        "difference_ci_high": 0.07, "paired": False, "decision": "extend", "reason": "ui-test: too few labelled rows",
+        "airflow_run_id": "scheduled__2026-02-20T08:00:00+00:00",
+    })  # fmt: skip
+    engine.dispose()
+    return "2026-02-16 · v1 · realised roc_auc 0.7700 [0.7400, 0.8000] on 300 of 400 rows labelled"
+
+
 def _task_logs(airflow_home: Path, run_id: str) -> str:
     logs = sorted(airflow_home.glob(f"logs/dag_id={DAG_ID}/run_id={run_id}/task_id=*/attempt=*.log"))
     return "\n".join(f"--- {path.parent.name}:\n{tail(path, 15)}" for path in logs)
@@ -166,16 +203,26 @@ def test_a_retrain_triggered_from_the_form_shows_on_the_models_page(tmp_path, de
             "demo_churn", source, first.run_id, tags={"gate.reason": "registered by the browser test"}
         )
         client.set_registered_model_alias("demo_churn", "champion", second.version)
+        hover = _seed_performance(env["AIRFLOW_CONN_PREDICTIONS_DB"])
 
         checked = _browser(
             "models",
-            settings | {"run_id": run_id, "champion_before": 2, "rollback_to": 1, "rollback_reason": reason},
-        )
+            settings
+            | {
+                "run_id": run_id, "champion_before": 2, "rollback_to": 1, "rollback_reason": reason,
+                "hover_point": {"batch": "2026-02-16", "version": "1"}, "hover_text": hover,
+                "decision_reason": "ui-test: too few labelled rows",
+            },
+        )  # fmt: skip
         timings["models_checked"] = time.monotonic() - started
 
     assert reason in checked["row"] and "window 30 d" in checked["row"]
     assert checked["champion"] == "2" and checked["champion_after"] == "1"
     assert checked["page_errors"] == []
+    # The performance chart: both kinds of marks drawn, and pointing at a realised point reads its value.
+    assert checked["performance"]["readout"] == hover
+    assert checked["performance"]["realised"] == 5 and checked["performance"]["estimated"] == 7
+    assert checked["performance"]["width"] > 400
     # The rollback is in the registry, with who, when, from what and why.
     champion = client.get_model_version_by_alias("demo_churn", "champion")
     assert str(champion.version) == "1"

@@ -133,6 +133,8 @@ def test_a_viewer_sees_the_page_but_may_not_roll_back(airflow_app):
     assert page.status_code == 200
     assert '<span id="champion-version">2</span>' in page.text and "reason 2" in page.text
     assert 'id="rollback-form"' not in page.text and "needs permission" in page.text
+    # No performance or rollout table in the predictions database yet: the sections say so, nothing breaks.
+    assert "No performance has been recorded yet" in page.text and "No rollout decision yet" in page.text
     # Links point at Airflow's UI (the mount's parent) and at this app.
     assert 'href="/dags/demo_churn__retrain/runs/manual__2026-03-02T09%3A00%3A00%2B00%3A00"' in page.text
     assert (
@@ -157,6 +159,8 @@ def test_reports_and_runs_are_served_from_the_stores(airflow_app):
 
     data = http.get(f"/lifecycle/api/pipelines/{PIPELINE}", headers=headers).json()
     assert data["champion"]["version"] == 2 and [v["version"] for v in data["versions"]] == [2, 1]
+    assert data["performance"]["metric"] == "roc_auc" and data["performance"]["points"] == []
+    assert data["decisions"] == []
     run = data["runs"][0]["mlflow_run_id"]
     shown = http.get(f"/lifecycle/pipelines/{PIPELINE}/mlflow/{run}", headers=headers)
     assert shown.status_code == 200 and RUN_2 in shown.text

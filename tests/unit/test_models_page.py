@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from lifecycle import drift_store, models_page
+from lifecycle import drift_store, models_page, performance_store, rollout_store
 from lifecycle.predictions_db import COLUMNS, engine_for, write_batch
 
 DAY_MS = 86_400_000
@@ -170,7 +170,55 @@ def demo(store, make_config):
     # Another pipeline's rows in the same tables are not this pipeline's.
     write_batch(database, "predictions", "other", dt.date(2026, 3, 6), [[("other", dt.date(2026, 3, 6), "1", 0.1,
                 "0", "other", "1", "x", dt.datetime.now(dt.UTC))]])  # fmt: skip
+    seed_performance(database)
+    seed_decisions(database)
     return {"config": config, "client": client, "engine": database, "experiment": experiment, "runs": runs}
+
+
+def perf(kind: str, value: float, rows: int, batch_rows: int, reference: float, ci: tuple | None = None,
+         metric: str = "roc_auc") -> dict[str, Any]:  # fmt: skip
+    low, high = ci or (None, None)
+    return {"metric": metric, "kind": kind, "value": value, "ci_low": low, "ci_high": high, "rows": rows,
+            "batch_rows": batch_rows, "reference": reference}  # fmt: skip
+
+
+def seed_performance(engine: sa.Engine) -> None:
+    """What the performance DAG writes: realised where labels arrived, the estimate for every batch, its error."""
+    write = performance_store.replace_batch
+    table = "performance_metrics"
+    write(engine, table, "demo_churn", dt.date(2026, 3, 6), "1", [
+        perf("realised", 0.78, 280, 300, 0.80, (0.74, 0.82)), perf("estimated", 0.79, 300, 300, 0.80),
+        perf("estimate_error", 0.01, 280, 300, 0.80), perf("realised", 0.5, 280, 300, 0.4, metric="pr_auc"),
+    ], "perf__1")  # fmt: skip
+    write(engine, table, "demo_churn", dt.date(2026, 3, 7), "2", [
+        perf("realised", 0.76, 120, 250, 0.83, (0.71, 0.80)), perf("estimated", 0.80, 250, 250, 0.83, (0.77, 0.83)),
+        perf("estimate_error", 0.04, 120, 250, 0.83),
+    ], "perf__2")  # fmt: skip
+    # The same day re-scored by version 1 (a backfill): two versions in one batch.
+    write(engine, table, "demo_churn", dt.date(2026, 3, 7), "1", [perf("estimated", 0.81, 250, 250, 0.80)], "perf__2")
+    # The newest batch: no labels yet, only the estimate (below version 2's trigger of 0.83 - 0.05).
+    write(engine, table, "demo_churn", dt.date(2026, 3, 8), "2", [perf("estimated", 0.77, 400, 400, 0.83)], "perf__3")
+    write(engine, table, "other", dt.date(2026, 3, 8), "<b>9</b>", [perf("estimated", 0.1, 1, 1, 0.2)], "perf__x")
+
+
+def decision(day: dt.date, decision: str, reason: str, pipeline: str = "demo_churn", **values: Any) -> dict:
+    return {
+        "pipeline": pipeline, "decided_on": day, "mode": "canary", "metric": "roc_auc", "champion_version": "2",
+        "challenger_version": "3", "champion_rows": 1500, "challenger_rows": 160, "champion_value": 0.81,
+        "champion_ci_low": 0.79, "champion_ci_high": 0.83, "challenger_value": 0.83, "challenger_ci_low": 0.77,
+        "challenger_ci_high": 0.88, "difference": 0.02, "difference_ci_low": -0.04, "difference_ci_high": 0.07,
+        "paired": False, "decision": decision, "reason": reason, "airflow_run_id": f"scheduled__{day}", **values,
+    }  # fmt: skip
+
+
+def seed_decisions(engine: sa.Engine) -> None:
+    rollout_store.replace_decision(engine, decision(dt.date(2026, 3, 8), "extend", "fewer than 200 labelled rows"))
+    rollout_store.replace_decision(
+        engine,
+        decision(dt.date(2026, 3, 9), "abort", "challenger worse: <img src=x onerror=alert(1)>", challenger_rows=410,
+                 difference=-0.06, difference_ci_low=-0.09, difference_ci_high=-0.03, challenger_value=0.75),
+    )  # fmt: skip
+    rollout_store.replace_decision(engine, decision(dt.date(2026, 3, 9), "promote", "not ours", pipeline="other"))
 
 
 def test_the_view_reads_mlflow_and_the_database_in_few_calls(demo):
@@ -181,7 +229,7 @@ def test_the_view_reads_mlflow_and_the_database_in_few_calls(demo):
     # MLflow: experiment, retrain runs, registered model (aliases), versions; no call per run or version.
     assert len(client.calls) == view.mlflow_calls <= 5, client.calls
     assert client.calls.count("search_runs") == 1
-    assert view.sql_queries == 3  # rows per batch, drift per feature, the registry history
+    assert view.sql_queries == 5  # rows per batch, drift per feature, registry history, performance, rollout
 
     assert [r.as_of for r in view.runs] == ["2026-03-03", "2026-03-02", "2026-03-01"]  # newest first
     wider = view.runs[1]
@@ -238,9 +286,15 @@ def test_an_empty_store_and_database_give_an_empty_view(store, make_config, tmp_
         [],
         None,
     )
+    assert (view.performance.points, view.decisions) == ([], [])
     page = models_page.render_page([view], ["nothing_yet"], models_page.Links(), can_rollback={"nothing_yet": True})
     assert "No champion yet" in page and "No retrain run yet" in page and "No batch has been scored yet" in page
     assert 'id="rollback-form"' not in page
+    # Neither the performance nor the decisions table exists yet: each section says so, and which DAG fills it.
+    assert 'id="chart-performance"' not in page and 'id="performance"' not in page
+    assert "No performance has been recorded yet" in page and "<code>nothing_yet__performance</code>" in page
+    assert "No rollout decision yet" in page and "<code>nothing_yet__rollout</code>" in page
+    assert "serving.rollout.mode is <code>none</code>" in page
 
 
 def test_an_unreadable_store_is_shown_as_an_error_not_a_crash(make_config, tmp_path):
@@ -383,3 +437,185 @@ def test_nothing_here_imports_airflow():
     source = Path(models_page.__file__).read_text()
     assert "import airflow" not in source and "from airflow" not in source
     assert sa  # the data layer speaks SQLAlchemy to the predictions database
+
+
+def _section(page: str, pattern: str) -> str:
+    found = re.search(pattern, page, re.S)
+    assert found, pattern
+    return found.group(0)
+
+
+def test_performance_per_batch_and_version_is_read_with_its_intervals_references_and_trigger(demo):
+    view = models_page.pipeline_view(demo["config"], demo["client"], demo["engine"])
+    series = view.performance
+    assert (series.metric, series.higher_is_better, series.floor, series.max_drop) == ("roc_auc", True, 0.65, 0.05)
+    # Oldest batch first, versions in number order within a batch; other metrics and pipelines left out.
+    assert [(p.batch_key, p.model_version) for p in series.points] == [
+        ("2026-03-06", "1"), ("2026-03-07", "1"), ("2026-03-07", "2"), ("2026-03-08", "2"),
+    ]  # fmt: skip
+    first, backfill, labelled, unlabelled = series.points
+    assert (first.realised, first.realised_low, first.realised_high) == pytest.approx((0.78, 0.74, 0.82))
+    assert (first.labelled_rows, first.batch_rows, first.estimated, first.reference) == (280, 300, 0.79, 0.80)
+    assert first.estimate_error == pytest.approx(0.01) and first.computed_at.endswith("+00:00")
+    assert (backfill.realised, backfill.estimated) == (None, 0.81)
+    assert (labelled.estimated_low, labelled.estimated_high, labelled.estimate_error) == pytest.approx(
+        (0.77, 0.83, 0.04)
+    )
+    assert (unlabelled.realised, unlabelled.labelled_rows, unlabelled.estimated, unlabelled.batch_rows) == (
+        None, None, 0.77, 400,
+    )  # fmt: skip
+    assert series.trigger(0.83) == pytest.approx(0.78)
+    json.dumps(view.to_dict())
+
+    newest = models_page.pipeline_view(demo["config"], demo["client"], demo["engine"], max_batches=1)
+    assert [(p.batch_key, p.model_version) for p in newest.performance.points] == [("2026-03-08", "2")]
+
+
+def test_the_performance_chart_draws_realised_estimated_references_trigger_and_floor(demo):
+    view = models_page.pipeline_view(demo["config"], demo["client"], demo["engine"])
+    page = models_page.render_page([view], ["demo_churn"], models_page.Links(), can_rollback={})
+    chart = _section(page, r'<svg id="chart-performance".*?</svg>')
+    assert 'data-readout="chart-performance-readout"' in chart and 'id="chart-performance-readout"' in page
+
+    realised = re.findall(r'<circle [^>]*class="pt-realised" data-batch="([^"]+)" data-version="(\d+)"', chart)
+    estimated = re.findall(r'<circle [^>]*class="pt-estimated" data-batch="([^"]+)" data-version="(\d+)"', chart)
+    assert realised == [("2026-03-06", "1"), ("2026-03-07", "2")]  # only where labels arrived
+    assert sorted(estimated) == [("2026-03-06", "1"), ("2026-03-07", "1"), ("2026-03-07", "2"), ("2026-03-08", "2")]
+    # One colour per version: each version's marks in a group of its colour.
+    groups = re.findall(r'<g style="color:(#[0-9a-f]{6})">(.*?)</g>', chart)
+    colours = {
+        v: c for c, body in groups for v in re.findall(r'class="pt-\w+" data-batch="[^"]+" data-version="(\d+)"', body)
+    }
+    assert colours == {"1": "#1f77b4", "2": "#ff7f0e"}
+    # Values on hover, with interval and labelled rows; the estimate where labels have not arrived.
+    assert "2026-03-07 · v2 · realised roc_auc 0.7600 [0.7100, 0.8000] on 120 of 250 rows labelled" in chart
+    assert "2026-03-08 · v2 · estimated roc_auc 0.7700 from 400 scored rows</title>" in chart
+    assert "2026-03-07 · v2 · estimated roc_auc 0.8000 [0.7700, 0.8300] from 250 scored rows; error +0.0400" in chart
+    assert chart.count('class="ci"') == 2 and chart.count('class="ci est"') == 1  # whiskers where there is a CI
+    # Two versions in one batch sit side by side, not on top of each other.
+    xs = dict(((b, v), float(x)) for x, b, v in re.findall(
+        r'<circle cx="([\d.]+)"[^>]*class="pt-estimated" data-batch="([^"]+)" data-version="(\d+)"', chart))  # fmt: skip
+    assert xs[("2026-03-07", "1")] < xs[("2026-03-07", "2")] < xs[("2026-03-08", "2")]
+    # Lines join a version's consecutive batches: both versions' estimates; no two realised values in a row.
+    assert chart.count('class="estimated"') == 2 and chart.count('class="realised"') == 0
+
+    def y_of(css: str, title: str) -> float:
+        y1, y2 = re.search(rf'<line [^>]*y1="([\d.]+)"[^>]*y2="([\d.]+)"[^>]*class="{css}"><title>{re.escape(title)}',
+                           chart).groups()  # fmt: skip
+        assert y1 == y2
+        return float(y1)
+
+    reference = y_of("reference", "v2 holdout roc_auc 0.8300")
+    trigger = y_of("trigger", "v2 retrain trigger: roc_auc below 0.7800 (holdout 0.8300 − 0.05)")
+    floor = y_of("threshold floor", "gate floor roc_auc 0.65")
+    assert reference < trigger < floor  # higher is better: the trigger under the reference, the floor lower still
+    assert "gate floor 0.65</text>" in chart
+
+
+def test_the_performance_table_lists_batches_newest_first_and_flags_what_is_past_the_trigger(demo):
+    view = models_page.pipeline_view(demo["config"], demo["client"], demo["engine"])
+    page = models_page.render_page([view], ["demo_churn"], models_page.Links(), can_rollback={})
+    table = _section(page, r'<table id="performance">.*?</table>')
+    rows = re.findall(r'<tr data-batch="([^"]+)" data-version="(\d+)">(.*?)</tr>', table)
+    assert [(b, v) for b, v, _ in rows] == [
+        ("2026-03-08", "2"), ("2026-03-07", "2"), ("2026-03-07", "1"), ("2026-03-06", "1"),
+    ]  # fmt: skip
+    cells = {(b, v): re.findall(r"<td>(.*?)</td>", row) for b, v, row in rows}
+    assert cells[("2026-03-06", "1")] == [
+        "2026-03-06", "v1", '<b>0.7800</b> [0.7400, 0.8200]<div class="muted">280 / 300 rows labelled</div>',
+        "0.7900", "+0.0100", "0.8000",
+    ]  # fmt: skip
+    newest = cells[("2026-03-08", "2")]
+    assert newest[2] == '<span class="muted">awaiting labels</span><div class="muted">– / 400 rows labelled</div>'
+    assert newest[3] == '0.7700<div class="bad">past the retrain trigger</div>' and newest[4] == "–"
+    assert "past the retrain trigger" in cells[("2026-03-07", "2")][2]  # 0.76 realised < 0.78
+    assert "past" not in cells[("2026-03-06", "1")][2] + cells[("2026-03-06", "1")][3]
+
+    # A policy that acts on realised values only does not flag estimates.
+    view.performance.signals = ["realised"]
+    table = models_page._performance_table(view, models_page.Links())
+    assert table.count("past the retrain trigger") == 1 and "0.7700<" in table
+
+
+def test_the_trigger_follows_the_metric_direction_and_the_policy(make_config, tmp_path):
+    engine = engine_for(f"sqlite:///{tmp_path / 'p.db'}")
+    for metric, reference, expected in (("log_loss", 0.30, 0.35), ("roc_auc", 0.80, 0.70)):
+        config = make_config(name="p_" + metric, training={"primary_metric": metric}, gate={"floors": {}},
+                             performance={"policy": {"max_drop": 0.1 if metric == "roc_auc" else None}})  # fmt: skip
+        performance_store.replace_batch(engine, "performance_metrics", config.name, dt.date(2026, 3, 1), "1",
+                                        [perf("estimated", reference, 10, 10, reference, metric=metric)], "r")  # fmt: skip
+        view = models_page.PipelineView(config.name, config.name, "x", metric, config.higher_is_better)
+        models_page.load_performance(view, config, engine)
+        assert view.performance.trigger(reference) == pytest.approx(expected)
+        assert view.performance.floor is None
+        chart = models_page.performance_chart(view)
+        ys = {
+            css: float(y) for y, css in re.findall(r'<line [^>]*y1="([\d.]+)"[^>]*class="(reference|trigger)"', chart)
+        }
+        # Lower-is-better: the policy fires above the holdout's value, so the line is drawn above it.
+        assert (ys["trigger"] < ys["reference"]) == (metric == "log_loss"), (metric, ys)
+        assert "gate floor" not in chart
+    rmse = models_page.PerformanceSeries("rmse", False, True, 0.05, True, None)
+    assert rmse.trigger(20.0) == pytest.approx(21.0)  # RMSE's drop is relative: 5 % above the holdout's
+    off = make_config(name="off", performance={"policy": {"enabled": False}})
+    view = models_page.PipelineView("off", "off", "x", "roc_auc", True)
+    models_page.load_performance(view, off, engine)
+    view.performance.points = [models_page.PerformancePoint("2026-03-01", "1", 10, estimated=0.7, reference=0.8)]
+    chart = models_page.performance_chart(view)
+    assert 'class="trigger"' not in chart and "performance policy off" in chart
+
+
+def test_rollout_decisions_are_shown_newest_first_and_escaped(demo):
+    view = models_page.pipeline_view(demo["config"], demo["client"], demo["engine"])
+    assert [(d.decided_on, d.decision) for d in view.decisions] == [("2026-03-09", "abort"), ("2026-03-08", "extend")]
+    latest = view.decisions[0]
+    assert (latest.challenger_rows, latest.difference, latest.paired) == (410, -0.06, False)
+    assert latest.decided_at.endswith("+00:00")
+    links = models_page.Links(app="/base/lifecycle", airflow="/base")
+    page = models_page.render_page([view], ["demo_churn"], links, can_rollback={})
+    table = _section(page, r'<table id="decisions">.*?</table>')
+    rows = re.findall(r'<tr data-day="([^"]+)">(.*?)</tr>', table)
+    assert [day for day, _ in rows] == ["2026-03-09", "2026-03-08"]
+    cells = re.findall(r"<td>(.*?)</td>", rows[0][1])
+    assert cells[:4] == ["2026-03-09", "canary", "champion v2<br>challenger v3", "1500<br>410"]
+    assert (
+        "champion <b>0.8100</b> [0.7900, 0.8300]" in cells[4]
+        and "challenger <b>0.7500</b> [0.7700, 0.8800]" in cells[4]
+    )
+    assert cells[5] == "<b>-0.0600</b> [-0.0900, -0.0300]" and cells[6] == "unpaired"
+    assert cells[7] == '<span class="verdict v-abort">abort</span>'
+    assert "<img src=x" not in page and "challenger worse: &lt;img src=x onerror=alert(1)&gt;" in cells[8]
+    assert 'href="/base/dags/demo_churn__rollout/runs/scheduled__2026-03-09"' in cells[8]
+    assert "not ours" not in page and "No rollout decision yet" not in page
+
+
+def test_html_in_stored_values_is_escaped_in_the_chart_and_tables(make_config, tmp_path):
+    engine = engine_for(f"sqlite:///{tmp_path / 'p.db'}")
+    config = make_config(name="escaped")
+    hostile = '"><script>alert(1)</script>'
+    performance_store.replace_batch(engine, "performance_metrics", "escaped", dt.date(2026, 3, 1), hostile,
+                                    [perf("realised", 0.7, 60, 80, 0.8, (0.6, 0.8))], "r")  # fmt: skip
+    rollout_store.replace_decision(engine, decision(dt.date(2026, 3, 1), hostile, hostile, pipeline="escaped",
+                                                    mode=hostile, champion_version=hostile))  # fmt: skip
+    view = models_page.pipeline_view(config, None, engine)
+    page = models_page.render_page([view], ["escaped"], models_page.Links(), can_rollback={})
+    assert "<script>alert(1)</script>" not in page
+    assert page.count("&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;") >= 6  # version in chart and table, decision
+
+
+def test_a_performance_table_of_another_shape_is_an_error_that_hides_only_itself(demo, make_config, tmp_path):
+    engine = engine_for(f"sqlite:///{tmp_path / 'p.db'}")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE performance_metrics (pipeline TEXT, batch TEXT, score REAL)")
+    config = make_config()
+    scored = [("demo_churn", dt.date(2026, 3, 6), "1", 0.5, "0", "demo_churn", "1", "p", dt.datetime.now(dt.UTC))]
+    write_batch(engine, "predictions", "demo_churn", dt.date(2026, 3, 6), [scored])
+    view = models_page.pipeline_view(config, demo["client"], engine)
+    assert len(view.errors) == 1, view.errors
+    assert view.errors[0].startswith(
+        "the predictions database could not be read (the performance table 'performance_metrics'): OperationalError"
+    )
+    assert [b.batch_key for b in view.batches] == ["2026-03-06"]  # the rest of the page is still there
+    assert view.champion is not None
+    page = models_page.render_page([view], ["demo_churn"], models_page.Links(), can_rollback={})
+    assert "the performance table &#x27;performance_metrics&#x27;" in page and 'id="chart-rows"' in page
