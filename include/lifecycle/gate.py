@@ -25,6 +25,7 @@ def decide(
     champion: dict[str, float] | None,
     comparison: dict[str, float] | None,
     challenger_is_baseline: bool = False,
+    secondary: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Return the structured decision: every check, the verdict and the reason in words.
 
@@ -32,6 +33,11 @@ def decide(
     exists) improves on it by at least `min_improvement` with the bootstrap interval's low end above zero,
     so that noise on a small holdout cannot promote a model. When model selection made the baseline
     family itself the challenger, the baseline check is met by construction and says so.
+
+    `secondary` ({metric: tolerance}) guards what the primary metric cannot see: each metric may be worse
+    than the champion's by at most its tolerance (absolute), so a model with the champion's ranking but
+    destroyed probabilities is refused on log loss although its ROC AUC is as good. With no champion yet,
+    the bar is the baseline's value: a first champion must not have worse probabilities than the linear model.
     """
     if champion is not None and comparison is None:
         raise ValueError("a champion was given without its paired comparison: the gate cannot decide")
@@ -90,6 +96,8 @@ def decide(
             }
         )
 
+    checks += _secondary_checks(secondary or {}, challenger, baseline, champion, challenger_is_baseline)
+
     failed = [c for c in checks if not c["passed"]]
     passed = not failed
     if mode == "off":
@@ -117,9 +125,40 @@ def decide(
         "action": action,
         "reason": reason,
         "checks": checks,
-        "thresholds": {"floors": floors, "min_improvement": min_improvement},
+        "thresholds": {"floors": floors, "min_improvement": min_improvement}
+        | ({"secondary": dict(secondary)} if secondary else {}),
         "margin": comparison,
         "challenger": challenger,
         "baseline": baseline,
         "champion": champion,
     }
+
+
+def _secondary_checks(
+    secondary: dict[str, float],
+    challenger: dict[str, float],
+    baseline: dict[str, float],
+    champion: dict[str, float] | None,
+    challenger_is_baseline: bool,
+) -> list[dict[str, Any]]:
+    """One check per secondary metric: not worse than the champion's (else the baseline's) beyond its tolerance."""
+    who, reference = ("the champion's", champion) if champion is not None else ("the baseline's", baseline)
+    checks = []
+    for name, tolerance in sorted(secondary.items()):
+        value, bar = challenger.get(name, float("nan")), reference.get(name, float("nan"))
+        if champion is None and challenger_is_baseline:
+            passed, detail = True, f"{name} {value:.4f}: the challenger is the baseline family itself"
+        elif value is None or math.isnan(value):
+            passed, detail = False, f"{name} of the challenger could not be measured (vs {who} {bar:.4f})"
+        elif bar is None or math.isnan(bar):
+            passed, detail = True, f"{name} {value:.4f}: {who} could not be measured, nothing to compare with"
+        else:
+            worse = (bar - value) if METRICS[name][1] else (value - bar)
+            passed = worse <= tolerance + 1e-12
+            change = f"worse by {worse:.4f}" if worse > 0 else f"better by {-worse:.4f}" if worse < 0 else "equal"
+            detail = (
+                f"{name} {value:.4f} vs {who} {bar:.4f}: {change}, "
+                f"{'within' if passed else 'beyond'} the tolerance {tolerance}"
+            )
+        checks.append({"check": f"secondary:{name}", "passed": passed, "detail": detail})
+    return checks

@@ -23,7 +23,80 @@ SCORERS = {
     ("rmse", "regression"): "neg_root_mean_squared_error",
     ("mae", "regression"): "neg_mean_absolute_error",
     ("r2", "regression"): "r2",
+    # Brier as scikit-learn scores it (a multiclass search scores through search_scorer instead).
+    ("brier", "binary"): "neg_brier_score",
+    ("brier", "multiclass"): "neg_brier_score",
 }
+
+# Bins of the reliability diagram and the ECE: 15 equal-width bins on [0, 1] (as Guo et al. 2017).
+CALIBRATION_BINS = 15
+
+
+def reliability(y_true: Any, score: np.ndarray, classes: Any = None, bins: int = CALIBRATION_BINS) -> dict[str, list]:
+    """Per equal-width bin of predicted probability: its rows, mean prediction and observed frequency.
+
+    Binary: the bins are of P(positive) and the frequency is the share of positives (the probability the
+    threshold acts on). Multiclass: top-label, i.e. the bins are of the highest class probability and the
+    frequency is how often that class was right. Empty bins have count 0 and None means (plain JSON).
+    """
+    y = np.asarray(y_true)
+    score = np.asarray(score, dtype=float)
+    if score.ndim == 1:
+        confidence, outcome = score, (y == 1).astype(float)
+    else:
+        classes = np.asarray(classes if classes is not None else np.unique(y))
+        confidence, outcome = score.max(axis=1), (classes[np.argmax(score, axis=1)] == y).astype(float)
+    index = np.clip((confidence * bins).astype(int), 0, bins - 1)
+    count = np.bincount(index, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        predicted = np.bincount(index, weights=confidence, minlength=bins) / count
+        observed = np.bincount(index, weights=outcome, minlength=bins) / count
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    return {
+        "lower": edges[:-1].tolist(),
+        "upper": edges[1:].tolist(),
+        "count": count.astype(int).tolist(),
+        "mean_predicted": [None if n == 0 else float(v) for n, v in zip(count, predicted, strict=True)],
+        "observed": [None if n == 0 else float(v) for n, v in zip(count, observed, strict=True)],
+    }
+
+
+def expected_calibration_error(
+    y_true: Any, score: np.ndarray, classes: Any = None, bins: int = CALIBRATION_BINS
+) -> float:
+    """ECE: the row-weighted mean gap |mean prediction - observed frequency| over the reliability bins.
+
+    Equal-width bins (15 by default); positive-class for binary, top-label for multiclass (see reliability).
+    0 is perfectly calibrated; a model that says 0.9 for rows that are positive half the time scores 0.4.
+    """
+    table = reliability(y_true, score, classes, bins)
+    count = np.asarray(table["count"], dtype=float)
+    if count.sum() == 0:
+        return float("nan")
+    gaps = np.abs(np.asarray(table["mean_predicted"], dtype=float) - np.asarray(table["observed"], dtype=float))
+    return float(np.sum(np.where(count > 0, gaps, 0.0) * count) / count.sum())
+
+
+def brier(y_true: Any, score: np.ndarray, classes: Any = None) -> float:
+    """Brier score: mean squared distance of the probabilities from the outcome (lower is better).
+
+    Binary: mean((P(positive) - y)^2), in [0, 1]. Multiclass: the multi-class Brier sum (Brier 1950):
+    mean over rows of the sum over classes of (p_k - [y = k])^2, in [0, 2]; what scikit-learn's
+    brier_score_loss(y, proba, labels=classes) computes. It is not divided by the number of classes,
+    so adding classes does not shrink it.
+    """
+    y = np.asarray(y_true)
+    score = np.asarray(score, dtype=float)
+    if score.ndim == 1:
+        return float(np.mean((score - (y == 1)) ** 2))
+    classes = np.asarray(classes if classes is not None else np.unique(y))
+    onehot = (y[:, None] == classes[None, :]).astype(float)
+    return float(np.mean(np.sum((score - onehot) ** 2, axis=1)))
+
+
+# ECE for the search (negated: greater is better); multiclass searches score through search_scorer.
+_ECE_SCORER = skm.make_scorer(expected_calibration_error, greater_is_better=False, response_method="predict_proba")
+SCORERS[("ece", "binary")] = SCORERS[("ece", "multiclass")] = _ECE_SCORER
 
 
 def scores(model: Any, frame: Any, task: str) -> np.ndarray:
@@ -53,6 +126,8 @@ def _calculators(task: str, y: np.ndarray, score: np.ndarray, threshold: float, 
             "precision": lambda: skm.precision_score(y, label, zero_division=0),
             "recall": lambda: skm.recall_score(y, label, zero_division=0),
             "accuracy": lambda: skm.accuracy_score(y, label),
+            "ece": lambda: expected_calibration_error(y, score),
+            "brier": lambda: brier(y, score),
             "threshold": lambda: threshold,
         }
     # The model's classes, never the ones in `y`: a bootstrap resample may lack a rare class.
@@ -72,6 +147,8 @@ def _calculators(task: str, y: np.ndarray, score: np.ndarray, threshold: float, 
         "log_loss": lambda: skm.log_loss(y, score, labels=classes),
         "f1": lambda: skm.f1_score(y, label, average="macro", zero_division=0),
         "accuracy": lambda: skm.accuracy_score(y, label),
+        "ece": lambda: expected_calibration_error(y, score, classes),
+        "brier": lambda: brier(y, score, classes),
     }
 
 

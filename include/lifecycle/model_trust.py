@@ -29,6 +29,10 @@ TRUSTED_TYPES = [
     "lifecycle_runtime.v1.prepared_names",
     "lifecycle.features.prepare_raw",
     "lifecycle.features._prepared_names",
+    # A calibrated model (training.calibrate): CalibratedClassifierCV, FrozenEstimator and IsotonicRegression
+    # are skops-trusted scikit-learn types already; these two private ones hold the fitted calibration maps.
+    "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration",
 ]
 DIGEST_TAG = "lifecycle.files_sha256"
 # Where the feature code lives in this repository: shipped inside every model (MLflow `code_paths`).

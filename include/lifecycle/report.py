@@ -1,4 +1,5 @@
-"""The evaluation report: a metrics table, curves, a confusion matrix and feature importance."""
+"""The evaluation report: a metrics table, curves, a confusion matrix, feature importance and, for
+classification, a reliability diagram (binned mean predicted probability vs observed frequency, with counts)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ import numpy as np
 
 
 def _importance(model: Any, top: int = 15) -> list[tuple[str, float]]:
+    from lifecycle.training import uncalibrated
+
     try:
+        model = uncalibrated(model)  # a calibrated model wraps the pipeline whose steps hold the importances
         names = model.named_steps["features"].get_feature_names_out()
         values = model.named_steps["model"].feature_importances_
     except (AttributeError, KeyError):
@@ -20,15 +24,26 @@ def _importance(model: Any, top: int = 15) -> list[tuple[str, float]]:
     return [(str(names[i]), float(values[i])) for i in order]
 
 
-def figure_png(task: str, y: np.ndarray, curves: dict[str, np.ndarray], model: Any, threshold: float) -> bytes:
+def figure_png(
+    task: str,
+    y: np.ndarray,
+    curves: dict[str, np.ndarray],
+    model: Any,
+    threshold: float,
+    reliability: dict[str, dict[str, list]] | None = None,
+) -> bytes:
+    """The report's plots as one PNG; `reliability` (metrics.reliability per model) adds the calibration row."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from sklearn import metrics as skm
 
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8.5))
-    (a, b), (c, d) = axes
+    calibration = bool(reliability) and task != "regression"
+    fig, axes = plt.subplots(3 if calibration else 2, 2, figsize=(11, 12.75 if calibration else 8.5))
+    (a, b), (c, d) = axes[:2]
+    if calibration:
+        _reliability_axes(axes[2][0], axes[2][1], task, reliability)
     if task == "binary":
         for name, score in curves.items():
             fpr, tpr, _ = skm.roc_curve(y, score)
@@ -80,6 +95,56 @@ def figure_png(task: str, y: np.ndarray, curves: dict[str, np.ndarray], model: A
     return buffer.getvalue()
 
 
+def _reliability_axes(diagram: Any, counts: Any, task: str, reliability: dict[str, dict[str, list]]) -> None:
+    """Mean predicted probability vs observed frequency per bin (points sized by rows), and rows per bin."""
+    what = "P(positive)" if task == "binary" else "top-class probability"
+    observed_what = "share of positives" if task == "binary" else "share where the top class is right"
+    diagram.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
+    for name, table in reliability.items():
+        count = np.asarray(table["count"], dtype=float)
+        filled = count > 0
+        predicted = np.asarray(table["mean_predicted"], dtype=float)[filled]
+        observed = np.asarray(table["observed"], dtype=float)[filled]
+        (line,) = diagram.plot(predicted, observed, "-", label=name)
+        size = 12 + 200 * count[filled] / max(count.sum(), 1)
+        diagram.scatter(predicted, observed, s=size, color=line.get_color(), alpha=0.7)
+    diagram.set(title=f"Reliability ({what}, points sized by rows)", xlabel=f"mean predicted {what}",
+                ylabel=observed_what, xlim=(0, 1), ylim=(0, 1))  # fmt: skip
+    diagram.legend()
+    table = reliability.get("challenger") or next(iter(reliability.values()))
+    lower, upper = np.asarray(table["lower"]), np.asarray(table["upper"])
+    counts.bar(lower, table["count"], width=upper - lower, align="edge", edgecolor="white")
+    counts.set_yscale("symlog")
+    counts.set(title="Rows per bin (challenger)", xlabel=f"predicted {what}", ylabel="rows", xlim=(0, 1))
+
+
+def _reliability_table(decision: dict[str, Any]) -> str:
+    """The challenger's reliability bins as a table: the diagram's numbers, with the rows behind each point."""
+    table = (decision.get("reliability") or {}).get("challenger")
+    if not table:
+        return ""
+
+    def cell(value: float | None) -> str:
+        return "<td>-</td>" if value is None or value != value else f"<td>{value:.3f}</td>"
+
+    rows = "".join(
+        f"<tr><td>{lo:.3f}&ndash;{hi:.3f}</td><td>{n}</td>{cell(p)}{cell(o)}</tr>"
+        for lo, hi, n, p, o in zip(table["lower"], table["upper"], table["count"], table["mean_predicted"],
+                                   table["observed"], strict=True)
+    )  # fmt: skip
+    plan = (decision.get("calibration") or {}).get(decision.get("challenger_family", "")) or {}
+    how = ""
+    if plan.get("method") == "none":
+        how = f" Not calibrated: {html.escape(plan.get('reason', ''))}."
+    elif plan.get("method"):
+        how = f" Calibrated with {html.escape(plan['method'])} on the validation split ({html.escape(plan['reason'])})."
+    return (
+        f"<h2>Calibration</h2><p>Reliability of the challenger on the holdout (equal-width bins).{how}</p>"
+        "<table><tr><th>predicted</th><th>rows</th><th>mean predicted</th><th>observed</th></tr>"
+        f"{rows}</table>"
+    )
+
+
 def _selection(decision: dict[str, Any]) -> str:
     """Which model family became the challenger, and by how much, on validation and holdout."""
     selection = decision.get("selection")
@@ -124,5 +189,6 @@ def html_report(pipeline: str, decision: dict[str, Any], png: bytes) -> str:
 {_selection(decision)}
 <table><tr><th>metric</th>{header}</tr>{"".join(rows)}</table>
 <h2>Checks</h2><ul>{checks}</ul>
+{_reliability_table(decision)}
 <img alt="evaluation plots" src="data:image/png;base64,{image}">
 </body></html>"""

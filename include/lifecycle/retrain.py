@@ -217,21 +217,32 @@ def _log_model(
     features: dict[str, Any],
     name: str,
 ) -> dict[str, Any]:
-    """Log a fitted pipeline as an MLflow model of the run, with its signature and validation metrics."""
+    """Calibrate a fitted pipeline on the validation split and log it as an MLflow model of the run.
+
+    The validation metrics (what family selection compares) are the uncalibrated pipeline's: the calibration
+    is fitted on those rows, so its own scores there would grade itself. The holdout, which neither saw,
+    measures the calibrated model that is logged, registered and served.
+    """
     import mlflow
     from mlflow.models import infer_signature
 
     from lifecycle.metrics import scores
     from lifecycle.model_trust import RUNTIME_CODE, TRUSTED_TYPES, record_digests
+    from lifecycle.training import calibrate
 
     example = train[columns].head(5)
     validation = storage.read_parquet(features["splits"]["validation"])
     validation_metrics = _metrics(config, model, validation, columns)
+    model, calibration = calibrate(config, model, validation, columns)
     predict_fn = "predict" if config.task == "regression" else "predict_proba"
     output = model.predict_proba(example) if config.task == "multiclass" else scores(model, example, config.task)
     with mlflow.start_run(run_id=mlflow_run_id):
         prefix = "validation" if name == "model" else f"validation_{name}"
         mlflow.log_metrics({f"{prefix}_{k}": v for k, v in validation_metrics.items() if v == v})
+        # A retry computes the same plan from the same rows, so re-logging the param is a no-op.
+        key = "calibration" if name == "model" else f"{name}.calibration"
+        mlflow.log_param(f"{key}.method", calibration["method"])
+        mlflow.set_tag(f"{key}.reason", calibration["reason"][:5000])
         info = mlflow.sklearn.log_model(
             model,
             name=name,
@@ -242,14 +253,16 @@ def _log_model(
             serialization_format="skops",
             skops_trusted_types=TRUSTED_TYPES,
             code_paths=[RUNTIME_CODE],
-            tags={"pipeline": config.name, "model.family": "lightgbm" if name == "model" else "linear"},
-        )
+            tags={"pipeline": config.name, "model.family": "lightgbm" if name == "model" else "linear",
+                  "calibration.method": calibration["method"]},
+        )  # fmt: skip
     record_digests(info.model_id, info.model_uri)
     return {
         "model_uri": info.model_uri,
         "model_id": getattr(info, "model_id", None),
         "input_columns": columns,
         "validation": validation_metrics,
+        "calibration": calibration,
     }
 
 
@@ -305,7 +318,7 @@ def evaluate(
     from lifecycle import model_trust, tracking
     from lifecycle.drift import add_day_to_day, numeric_profile
     from lifecycle.gate import decide
-    from lifecycle.metrics import align, bootstrap_difference, compute, scores
+    from lifecycle.metrics import align, bootstrap_difference, compute, reliability, scores
     from lifecycle.report import figure_png, html_report
     from lifecycle.selection import select_family
 
@@ -359,6 +372,7 @@ def evaluate(
         champion=measured.get("champion"),
         comparison=comparison,
         challenger_is_baseline=selection["selected"] == "linear",
+        secondary=config.secondary_metrics,
     )
     decision.update(
         {
@@ -372,15 +386,19 @@ def evaluate(
             "champion_version": champion_info,
             "holdout_rows": int(len(holdout)),
             "holdout_window": features["bounds"]["holdout"],
+            # How each family's probabilities were calibrated (absent: a model logged before calibration).
+            "calibration": {f: c.get("calibration") for f, c in candidates.items()},
         }
     )
+    if task != "regression":
+        decision["reliability"] = {name: reliability(y, s, classes) for name, s in curves.items()}
     # The drift reference's prediction profile belongs to the model that may become champion.
     reference = storage.read_json(features["drift_reference_uri"])
     validation = storage.read_parquet(features["splits"]["validation"])
     predicted = pd.Series(_score_column(config, selected_model, validation[columns]))
     reference["prediction"] = add_day_to_day(numeric_profile(predicted), predicted, _days(validation, config))
     reference["model_family"] = selection["selected"]
-    png = figure_png(task, y, curves, selected_model, threshold)
+    png = figure_png(task, y, curves, selected_model, threshold, decision.get("reliability"))
     page = html_report(config.name, decision, png)
     decision_uri = storage.write_json(
         storage.artifact_uri(config.name, run_id, "evaluation", "decision.json"), decision

@@ -215,3 +215,76 @@ def test_canary_mode_needs_a_rollout_on_the_challenger_alias(make_config):
         make_config(gate={"mode": "canary"}, serving={"rollout": {"mode": "canary", "challenger": 3}})
     config = make_config(gate={"mode": "canary"}, serving={"rollout": {"mode": "canary", "challenger": "challenger"}})
     assert config.serving.rollout.challenger_share == 0.1
+
+
+# --- secondary metrics -------------------------------------------------------------------------------------
+
+CHAMPION = {"roc_auc": 0.78, "pr_auc": 0.38, "log_loss": 0.25}
+BETTER = {"comparison": {"improvement": 0.02, "ci_low": 0.005, "ci_high": 0.04}, "champion": CHAMPION}
+
+
+def test_a_better_ranking_with_destroyed_probabilities_is_refused_on_log_loss():
+    """The issue's case: ranking as good or better, log loss 2.7, everyone above the threshold."""
+    destroyed = {**GOOD, "log_loss": 2.7}
+    decision = gate(challenger=destroyed, secondary={"log_loss": 0.01}, **BETTER)
+    assert decision["verdict"] == "reject" and decision["action"] == "none (champion kept)"
+    assert check(decision, "champion")["passed"] is True  # the primary metric alone would have promoted it
+    detail = "log_loss 2.7000 vs the champion's 0.2500: worse by 2.4500, beyond the tolerance 0.01"
+    assert check(decision, "secondary:log_loss") == {"check": "secondary:log_loss", "passed": False, "detail": detail}
+    assert decision["reason"] == detail
+    assert decision["thresholds"]["secondary"] == {"log_loss": 0.01}
+    # without the secondary check the same challenger is promoted: it is what refuses it
+    assert gate(challenger=destroyed, **BETTER)["verdict"] == "promote"
+
+
+@pytest.mark.parametrize(
+    ("log_loss", "passed", "words"),
+    [(0.2599, True, "worse by 0.0099, within"), (0.26, True, "worse by 0.0100, within"),
+     (0.2602, False, "worse by 0.0102, beyond"), (0.20, True, "better by 0.0500, within")],
+)  # fmt: skip
+def test_the_tolerance_is_absolute_and_inclusive(log_loss, passed, words):
+    decision = gate(challenger={**GOOD, "log_loss": log_loss}, secondary={"log_loss": 0.01}, **BETTER)
+    assert check(decision, "secondary:log_loss")["passed"] is passed
+    assert words in check(decision, "secondary:log_loss")["detail"]
+    assert decision["verdict"] == ("promote" if passed else "reject")
+
+
+def test_a_higher_is_better_secondary_metric_must_not_drop_past_its_tolerance():
+    decision = gate(challenger={**GOOD, "pr_auc": 0.35}, secondary={"pr_auc": 0.02}, **BETTER)
+    assert decision["verdict"] == "reject"
+    assert "pr_auc 0.3500 vs the champion's 0.3800: worse by 0.0300, beyond the tolerance 0.02" in decision["reason"]
+    assert gate(challenger={**GOOD, "pr_auc": 0.37}, secondary={"pr_auc": 0.02}, **BETTER)["verdict"] == "promote"
+
+
+def test_without_a_champion_the_secondary_bar_is_the_baseline():
+    ok = gate(secondary={"log_loss": 0.01})  # 0.30 vs the baseline's 0.35
+    assert ok["verdict"] == "promote"
+    assert check(ok, "secondary:log_loss")["detail"].startswith("log_loss 0.3000 vs the baseline's 0.3500: better")
+    worse = gate(challenger={**GOOD, "log_loss": 0.5}, secondary={"log_loss": 0.01})
+    assert worse["verdict"] == "reject" and "vs the baseline's 0.3500: worse by 0.1500" in worse["reason"]
+    itself = gate(challenger=BASELINE, challenger_is_baseline=True, floors={}, secondary={"log_loss": 0.01})
+    assert check(itself, "secondary:log_loss")["passed"] is True
+    assert "the challenger is the baseline family itself" in check(itself, "secondary:log_loss")["detail"]
+
+
+def test_an_unmeasured_secondary_metric_fails_for_the_challenger_and_is_skipped_for_the_reference():
+    missing = gate(challenger={"roc_auc": 0.8, "pr_auc": 0.4}, secondary={"log_loss": 0.01}, **BETTER)
+    assert missing["verdict"] == "reject" and "log_loss of the challenger could not be measured" in missing["reason"]
+    champion_nan = gate(secondary={"log_loss": 0.01}, **{**BETTER, "champion": {**CHAMPION, "log_loss": float("nan")}})
+    assert champion_nan["verdict"] == "promote"
+    assert "could not be measured, nothing to compare with" in check(champion_nan, "secondary:log_loss")["detail"]
+
+
+def test_gate_off_keeps_the_failed_secondary_check_but_promotes():
+    decision = gate(mode="off", challenger={**GOOD, "log_loss": 2.7}, secondary={"log_loss": 0.01}, **BETTER)
+    assert decision["verdict"] == "promote" and check(decision, "secondary:log_loss")["passed"] is False
+
+
+def test_an_ece_floor_is_a_calibration_ceiling():
+    calibrated = {**GOOD, "ece": 0.02, "brier": 0.08}
+    assert gate(challenger=calibrated, floors={"ece": 0.05})["verdict"] == "promote"
+    decision = gate(challenger={**calibrated, "ece": 0.08}, floors={"ece": 0.05})
+    assert decision["verdict"] == "reject" and decision["reason"] == "ece 0.0800 misses the floor 0.05"
+    assert check(gate(challenger=calibrated, floors={"ece": 0.05}), "floor:ece")["detail"] == (
+        "ece 0.0200 at or below the floor 0.05"
+    )

@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 
 from lifecycle.config import METRICS
-from lifecycle.metrics import SCORERS, bootstrap_difference, compute, metric, scores
+from lifecycle.metrics import (
+    SCORERS,
+    bootstrap_difference,
+    brier,
+    compute,
+    expected_calibration_error,
+    metric,
+    reliability,
+    scores,
+)
 
 
 def test_binary_perfect_scores():
@@ -133,3 +142,81 @@ def test_bootstrap_without_resamples_falls_back_to_the_point():
     y = np.array([0, 1, 0, 1])
     result = bootstrap_difference("binary", "roc_auc", True, y, np.array([0.1, 0.9, 0.2, 0.8]), np.full(4, 0.5), 0, 0.9)
     assert result == {"improvement": 0.5, "ci_low": 0.5, "ci_high": 0.5, "resamples": 0}
+
+
+# --- calibration: ECE, Brier, the reliability bins -----------------------------------------------------------
+
+
+def test_ece_and_reliability_on_hand_computed_bins():
+    # 15 equal-width bins: 0.05 falls in bin 0, 0.95 in bin 14.
+    y = np.array([0, 0, 0, 1, 1, 1, 1, 0])
+    score = np.array([0.05, 0.05, 0.05, 0.05, 0.95, 0.95, 0.95, 0.95])
+    table = reliability(y, score)
+    assert table["count"][0] == 4 and table["count"][14] == 4 and sum(table["count"]) == 8
+    assert table["observed"][0] == 0.25 and table["observed"][14] == 0.75
+    assert table["mean_predicted"][0] == pytest.approx(0.05) and table["mean_predicted"][7] is None
+    assert table["lower"][0] == 0.0 and table["upper"][-1] == 1.0 and len(table["lower"]) == 15
+    # |0.05 - 0.25| and |0.95 - 0.75|, each for half the rows
+    assert expected_calibration_error(y, score) == pytest.approx(0.2)
+    assert compute("binary", y, score)["ece"] == pytest.approx(0.2)
+    assert expected_calibration_error(y, np.r_[score[:4], [1.0] * 4]) == pytest.approx(0.225)  # 1.0 lands in bin 14
+
+
+def test_ece_is_small_for_calibrated_scores_and_large_for_destroyed_ones():
+    rng = np.random.default_rng(4)
+    p = rng.beta(1, 8, 20_000)
+    y = (rng.random(20_000) < p).astype(int)
+    assert expected_calibration_error(y, p) < 0.01
+    destroyed = p**0.1
+    assert expected_calibration_error(y, destroyed) > 0.6
+    assert compute("binary", y, destroyed)["roc_auc"] == pytest.approx(compute("binary", y, p)["roc_auc"])
+
+
+def test_brier_matches_scikit_learn_for_binary_and_multiclass():
+    from sklearn.metrics import brier_score_loss
+
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 300)
+    p = rng.random(300)
+    assert brier(y, p) == pytest.approx(brier_score_loss(y, p))
+    assert compute("binary", y, p)["brier"] == pytest.approx(brier_score_loss(y, p))
+    labels = np.array(["a", "b", "c"])
+    y3 = labels[rng.integers(0, 3, 300)]
+    proba = rng.dirichlet([1, 1, 1], 300)
+    # the multi-class Brier sum, as scikit-learn computes it
+    assert brier(y3, proba, labels) == pytest.approx(brier_score_loss(y3, proba, labels=labels))
+    assert compute("multiclass", y3, proba, classes=labels)["brier"] == pytest.approx(brier(y3, proba, labels))
+    perfect = (y3[:, None] == labels[None, :]).astype(float)
+    assert brier(y3, perfect, labels) == 0.0 and expected_calibration_error(y3, perfect, labels) == 0.0
+
+
+def test_multiclass_ece_is_top_label():
+    y = np.array(["a", "b", "a", "c"])
+    proba = np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.1, 0.1, 0.8], [0.2, 0.2, 0.6]])
+    # top labels a, a, c, c: right, wrong, wrong, right; confidences 0.7, 0.6, 0.8, 0.6
+    table = reliability(y, proba, ["a", "b", "c"])
+    assert sum(table["count"]) == 4
+    expected = (abs(0.6 - 0.5) * 2 + abs(0.7 - 1.0) + abs(0.8 - 0.0)) / 4  # bin 9 holds both 0.6s
+    assert expected_calibration_error(y, proba, ["a", "b", "c"]) == pytest.approx(expected)
+    assert compute("multiclass", y, proba, classes=["a", "b", "c"])["ece"] == pytest.approx(expected)
+
+
+def test_bootstrap_of_ece_is_signed_as_improvement():
+    rng = np.random.default_rng(6)
+    p = rng.beta(1, 8, 3000)
+    y = (rng.random(3000) < p).astype(int)
+    result = bootstrap_difference("binary", "ece", False, y, p, np.clip(p * 2, 0, 1), 50, 0.9)
+    assert result["improvement"] > 0 and result["ci_low"] > 0  # the calibrated scores have the lower ECE
+
+
+def test_the_calibration_scorers_score_a_fitted_model():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import get_scorer
+
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(400, 2))
+    y = (x[:, 0] + rng.normal(size=400) > 0).astype(int)
+    model = LogisticRegression().fit(x, y)
+    p = model.predict_proba(x)[:, 1]
+    assert SCORERS[("ece", "binary")](model, x, y) == pytest.approx(-expected_calibration_error(y, p))
+    assert get_scorer(SCORERS[("brier", "binary")])(model, x, y) == pytest.approx(-brier(y, p))

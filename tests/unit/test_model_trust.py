@@ -138,3 +138,29 @@ def test_a_model_logged_by_the_earlier_layout_still_loads_and_scores_the_same():
     rows = pd.DataFrame(json.loads((fixture / "rows.json").read_text()))
     expected = json.loads((fixture / "scores.json").read_text())
     assert model.predict_proba(rows)[:, 1] == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("method", ["sigmoid", "isotonic"])
+def test_a_calibrated_model_loads_with_exactly_the_calibration_types_added(store, method, monkeypatch):
+    """training.calibrate wraps the pipeline in CalibratedClassifierCV(FrozenEstimator(...)); it loads checked."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.frozen import FrozenEstimator
+
+    _, experiment = store
+    rows = pd.DataFrame({"x": np.linspace(0.0, 5.0, 40)})
+    labels = (np.arange(40) % 3 == 0) | (rows["x"] > 3.5)
+    calibrated = CalibratedClassifierCV(FrozenEstimator(_model()), method=method).fit(rows, labels.astype(int))
+    with mlflow.start_run(experiment_id=experiment):
+        info = mlflow.sklearn.log_model(
+            calibrated, name="calibrated", serialization_format="skops", skops_trusted_types=model_trust.TRUSTED_TYPES,
+            code_paths=[model_trust.RUNTIME_CODE], pip_requirements=["scikit-learn"],
+        )  # fmt: skip
+    model_trust.record_digests(info.model_id, info.model_uri)
+    loaded = model_trust.load(info.model_uri)
+    assert isinstance(loaded, CalibratedClassifierCV) and list(loaded.classes_) == [0, 1]
+    np.testing.assert_allclose(loaded.predict_proba(rows), calibrated.predict_proba(rows))
+    # Each added type is needed: without the private calibration types the model is refused, naming them.
+    added = {"sklearn.calibration._CalibratedClassifier", "sklearn.calibration._SigmoidCalibration"}
+    monkeypatch.setattr(model_trust, "TRUSTED_TYPES", [t for t in model_trust.TRUSTED_TYPES if t not in added])
+    with pytest.raises(model_trust.UntrustedModelError, match="sklearn.calibration._CalibratedClassifier"):
+        model_trust.load(info.model_uri)
