@@ -32,6 +32,8 @@ def dag_kinds(config: Any) -> tuple[str, ...]:
         if (kind != "performance" or config.labels is not None)
         and (kind != "rollout" or config.serving.rollout.mode != "none")
     )
+
+
 _RUN = re.compile(r"<DagRun \S+ @ .+?: (\S+), state:")
 _FINISHED = re.compile(r"DagRun Finished: dag_id=[^,]+, .*?run_id=([^,]+), .*?state=(\w+)")
 _ERROR = re.compile(r"^[\w.]+(?:Exception|Error): .+")  # a traceback's last line
