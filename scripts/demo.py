@@ -32,7 +32,10 @@ def embedded_defaults() -> dict[str, str]:
     """The embedded default; DAGs start paused: the demo unpauses what it runs, so no cron run sneaks in."""
     from lifecycle.settings import embedded_environment
 
-    return {**embedded_environment(), "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True"}
+    # LIFECYCLE_SIMULATED_CLOCK: weeks of days replayed in minutes, so each promotion is dated at its as-of day in
+    # the registry history (by the wall clock every move would come after every simulated batch).
+    return {**embedded_environment(), "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+            "LIFECYCLE_SIMULATED_CLOCK": "1"}  # fmt: skip
 
 
 def step(message: str) -> None:

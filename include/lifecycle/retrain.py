@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import os
 from typing import Any
 
 from lifecycle import storage
@@ -503,7 +504,7 @@ def promote(
             version = tracking.register_champion(
                 model_uri, config.registered_model_name, tags, mlflow_run_id, evaluation.get("champion_version"),
                 engine=engine, moved_by=f"{approver} (approval)" if approver else "the gate",
-                reason=evaluation["reason"], airflow_run_id=run_id,
+                reason=evaluation["reason"], airflow_run_id=run_id, at=simulated_move_time(snapshot),
             )  # fmt: skip
         finally:
             engine.dispose()
@@ -525,6 +526,18 @@ def promote(
         "verdict": evaluation["verdict"],
         "reason": evaluation["reason"],
     }
+
+
+def simulated_move_time(snapshot: dict[str, Any]) -> dt.datetime | None:
+    """The demo's clock: with LIFECYCLE_SIMULATED_CLOCK=1 a promotion is dated at the start of its as-of day.
+
+    `make demo` replays weeks of days in minutes; dated by the wall clock, every move would fall after every
+    simulated batch, and a backfill could not find the champion of a day. Unset (always, outside the demo):
+    the registry history has the real time of each move.
+    """
+    if os.environ.get("LIFECYCLE_SIMULATED_CLOCK") != "1":
+        return None
+    return dt.datetime.fromisoformat(snapshot["window_end"]).replace(tzinfo=dt.UTC)
 
 
 def approval_outcome(approval: dict[str, Any] | None) -> dict[str, str]:

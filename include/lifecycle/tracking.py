@@ -129,6 +129,7 @@ def register_champion(
     moved_by: str,
     reason: str = "",
     airflow_run_id: str | None = None,
+    at: Any = None,
 ) -> str:
     """Register the model once and move the alias only if the champion is still the one the gate judged against.
 
@@ -151,6 +152,7 @@ def register_champion(
                 registry_history.record(
                     conn, model_name, number, previous=registry_history.last_version(conn, model_name),
                     moved_by=moved_by, how="gate", reason=reason, airflow_run_id=airflow_run_id, mlflow_run_id=run_id,
+                    at=at,
                 )  # fmt: skip
             return number
         registry_history.observe(conn, model_name, current_number)
@@ -166,7 +168,7 @@ def register_champion(
         client.set_registered_model_alias(model_name, CHAMPION, number)
         registry_history.record(
             conn, model_name, number, previous=current_number, moved_by=moved_by, how="gate", reason=reason,
-            airflow_run_id=airflow_run_id, mlflow_run_id=run_id,
+            airflow_run_id=airflow_run_id, mlflow_run_id=run_id, at=at,
         )  # fmt: skip
     return number
 

@@ -173,6 +173,22 @@ def test_the_version_on_a_date_comes_from_the_history(store, engine):
             registry_history.aliases.c.model_name == NAME)).scalar() == "1"  # fmt: skip
 
 
+def test_the_demos_simulated_clock_dates_a_promotion_at_its_as_of_day(store, engine, monkeypatch):
+    from lifecycle.retrain import simulated_move_time
+
+    snapshot = {"window_end": "2026-03-01"}
+    monkeypatch.delenv("LIFECYCLE_SIMULATED_CLOCK", raising=False)
+    assert simulated_move_time(snapshot) is None, "outside the demo the history has the real time"
+    monkeypatch.setenv("LIFECYCLE_SIMULATED_CLOCK", "1")
+    at = simulated_move_time(snapshot)
+    assert at == dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+    _, experiment = store
+    run_id, uri = _logged(experiment)
+    tracking.register_champion(uri, NAME, {}, run_id, None, engine=engine, moved_by="the gate", at=at)
+    assert registry_history.version_on(engine, NAME, dt.datetime(2026, 3, 6, 6, tzinfo=dt.UTC)) == "1"
+    assert registry_history.version_on(engine, NAME, dt.datetime(2026, 2, 28, tzinfo=dt.UTC)) is None
+
+
 def test_a_retried_start_reuses_the_run_and_a_failure_ends_it_naming_the_task(store, monkeypatch):
     from lifecycle.config import PipelineConfig
     from lifecycle.retrain import fail_run, start_run
