@@ -1,10 +1,12 @@
 """
 ### Batch predict: ingestion → validation → prediction (mapped partitions) → write
 
-One DAG per pipeline (`<pipeline>__batch_predict`). Scores one day's partition with the model behind the
-`champion` alias, resolved once at the start, and replaces that day's rows in the `predictions_db`
-database in one transaction. Partitions of the batch are scored by mapped tasks, so Celery workers share
-a large batch. Updates the pipeline's predictions Asset, on which the drift check is scheduled.
+One DAG per pipeline (`<pipeline>__batch_predict`). Scores one day's partition with one model version,
+resolved once at the start (the `model` Param: by default the current `champion`, and for a backfill run the
+version that was champion when the run was due, from the registry history), and replaces that day's rows
+in the `predictions_db` database in one transaction (docs/backfills.md). Partitions of the batch are
+scored by mapped tasks, so Celery workers share a large batch. Updates the pipeline's predictions Asset, on
+which the drift check is scheduled.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from lifecycle.airflow_glue import (
     run_date,
     sqlalchemy_url,
 )
+from lifecycle.batch_predict import MODEL_CHOICES, MODEL_PATTERN  # light: no pandas, sklearn or mlflow
 from lifecycle.config import PipelineConfig, load_all
 
 
@@ -37,6 +40,18 @@ def predict_params() -> dict[str, Param]:
             type=["null", "string"],
             title="Input URI",
             description="Score this file (local path, file:// or s3://, Parquet or CSV) instead of the day's partition.",
+        ),
+        "model": Param(
+            "auto",
+            type="string",
+            pattern=MODEL_PATTERN,
+            examples=list(MODEL_CHOICES),
+            title="Model",
+            description=(
+                "auto: for a backfill run the version that was champion when the run was due (its logical date), "
+                "else the current champion. champion: the current champion. on_date: the champion at the run's "
+                "logical date, or at the end of the batch date's day. A number: that registered version."
+            ),
         ),
         "partitions": Param(
             2,
@@ -67,10 +82,16 @@ def build(config: PipelineConfig) -> DAG:
 
         @task
         @fail_fast_on_bad_input
-        def resolve_champion() -> dict:
+        def resolve_champion(**context) -> dict:
             from lifecycle import batch_predict
 
-            return batch_predict.resolve_champion(config)
+            params, run = context["params"], context["dag_run"]
+            run_type = getattr(run.run_type, "value", run.run_type)
+            at = batch_predict.resolve_time(params.get("batch_date"), context.get("logical_date"), run.run_after)
+            url = sqlalchemy_url(config.prediction.conn_id)
+            champion = batch_predict.resolve_champion(config, params.get("model") or "auto", run_type, at, url)
+            print(f"scoring with {champion['model_uri']}: {champion['chosen_by']}")
+            return champion
 
         @task
         @fail_fast_on_bad_input

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import tempfile
 from typing import Any
 
@@ -14,22 +15,158 @@ class NoChampionError(RuntimeError):
     """There is no model behind the `champion` alias: nothing can be scored."""
 
 
-def resolve_champion(config: PipelineConfig) -> dict[str, Any]:
-    """Resolve the alias once, at the start: every partition then loads this exact version."""
+class NoChampionOnDateError(NoChampionError):
+    """The registry history has no champion at the time asked for: before its first recorded move."""
+
+
+class ModelChoiceError(NoChampionError):
+    """The run's `model` Param names no version that can score: not a choice, or not in the registry."""
+
+
+# The `model` Param's choices; the DAG's Param carries the same pattern, so the trigger form refuses the rest.
+MODEL_CHOICES = ("auto", "champion", "on_date")
+MODEL_PATTERN = r"^(auto|champion|on_date|[0-9]+)$"
+BACKFILL = "backfill"  # the run type of the runs Airflow's backfill creates
+
+
+def resolve_time(batch_date: str | None, logical_date: dt.datetime | None, run_after: dt.datetime) -> dt.datetime:
+    """When `on_date` looks the champion up: the end of the batch_date Param's day, else when the run was due."""
+    if batch_date:
+        day = dt.date.fromisoformat(str(batch_date)[:10])
+        return dt.datetime.combine(day, dt.time.max, tzinfo=dt.UTC)
+    return _utc(logical_date or run_after)
+
+
+def _utc(when: dt.datetime) -> dt.datetime:
+    # A plain datetime (pendulum's is a subclass) in UTC: SQLite compares the history's times as text.
+    when = when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+    when = when.astimezone(dt.UTC)
+    return dt.datetime(
+        when.year, when.month, when.day, when.hour, when.minute, when.second, when.microsecond, tzinfo=dt.UTC
+    )
+
+
+def _shown(when: dt.datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ" if when.second or when.microsecond else "%Y-%m-%dT%H:%MZ")
+
+
+def resolve_champion(
+    config: PipelineConfig,
+    choice: str = "champion",
+    run_type: str | None = None,
+    at: dt.datetime | None = None,
+    database_url: str | None = None,
+) -> dict[str, Any]:
+    """Resolve the model once, at the start: every partition then loads this exact version.
+
+    `choice` is the run's `model` Param: `champion` (the alias now), `on_date` (the alias at `at`, from the
+    registry history in the predictions database at `database_url`: MLflow keeps no alias history), a
+    version number, or `auto` (`on_date` for a backfill run, so that re-scoring history uses the model of each
+    day, else `champion`). The answer says which rule chose the version (`chosen_by`).
+    """
     from lifecycle import tracking
 
-    version = tracking.champion(config.registered_model_name)
-    if version is None:
-        raise NoChampionError(
-            f"pipeline {config.name!r} has no champion: models:/{config.registered_model_name}@champion is not set. "
-            f"Run {config.name}__retrain first (or move the alias to a version); nothing was written."
+    name = config.registered_model_name
+    choice = str(choice if choice is not None else "auto").strip()
+    if not re.fullmatch(MODEL_PATTERN, choice):
+        raise ModelChoiceError(
+            f"the run's model Param is {choice!r}: expected auto, champion, on_date or a version number; "
+            "nothing was scored"
         )
+    rule = choice
+    if choice == "auto":
+        rule = "on_date" if run_type == BACKFILL else "champion"
+    if rule == "champion":
+        version = tracking.champion(name)
+        if version is None:
+            raise NoChampionError(
+                f"pipeline {config.name!r} has no champion: models:/{name}@champion is not set. "
+                f"Run {config.name}__retrain first (or move the alias to a version); nothing was written."
+            )
+        chosen_by = "current champion" + (" (model auto: not a backfill run)" if choice == "auto" else "")
+        return _resolved(name, version, chosen_by, None)
+    if rule == "on_date":
+        if at is None or database_url is None:
+            raise ValueError("resolving the champion on a date needs the time (at) and the predictions database URL")
+        at = _utc(at)
+        number = _version_on(config, database_url, at)
+        chosen_by = f"champion on {_shown(at)} (registry history" + (
+            ", model auto: a backfill run)" if choice == "auto" else ")"
+        )
+        where = f"the registry history says version {number} was champion on {_shown(at)}"
+        return _resolved(name, _registered(name, number, where), chosen_by, at)
+    where = f"the run's model Param asks for version {choice}"
+    return _resolved(name, _registered(name, choice, where), f"version {choice} (the run's model Param)", None)
+
+
+def _resolved(name: str, version: Any, chosen_by: str, at: dt.datetime | None) -> dict[str, Any]:
     return {
-        "model_name": config.registered_model_name,
+        "model_name": name,
         "version": str(version.version),
-        "model_uri": f"models:/{config.registered_model_name}/{version.version}",
+        "model_uri": f"models:/{name}/{version.version}",
         "run_id": version.run_id,
+        "chosen_by": chosen_by,
+        "resolved_at": at.isoformat() if at is not None else None,
     }
+
+
+def _registered(name: str, number: str, where: str) -> Any:
+    """The registry's version `number`, or a ModelChoiceError saying who asked for it."""
+    from mlflow.exceptions import MlflowException
+
+    from lifecycle.tracking import mlflow_client
+
+    try:
+        return mlflow_client().get_model_version(name, str(number))
+    except MlflowException as err:
+        if "RESOURCE_DOES_NOT_EXIST" not in str(err.error_code) and "not found" not in str(err).lower():
+            raise  # the registry is down or refused us: a retry may help
+        raise ModelChoiceError(
+            f"{where}, but models:/{name}/{number} is not in the registry; nothing was scored"
+        ) from err
+
+
+def _version_on(config: PipelineConfig, database_url: str, at: dt.datetime) -> str:
+    """The champion at `at`, or NoChampionOnDateError naming the date and the history's first recorded move."""
+    import sqlalchemy as sa
+
+    from lifecycle import registry_history
+    from lifecycle.predictions_db import engine_for
+
+    name = config.registered_model_name
+    engine = engine_for(database_url)
+    try:
+        number = registry_history.version_on(engine, name, at)
+        if number:
+            return number
+        if number == "":  # a history row with no version: the alias had been removed by then
+            raise NoChampionOnDateError(
+                f"no champion of models:/{name}@champion on {_shown(at)}: the registry history says the alias had "
+                "been removed by then. Choose model: champion or a version number for this date; nothing was scored."
+            )
+        first = None
+        if sa.inspect(engine).has_table(registry_history.history.name):
+            history = registry_history.history
+            query = (
+                sa.select(history.c.version, history.c.moved_at)
+                .where(history.c.model_name == name, history.c.alias == registry_history.CHAMPION)
+                .order_by(history.c.moved_at, history.c.id)
+                .limit(1)
+            )
+            with engine.connect() as conn:
+                first = conn.execute(query).first()
+    finally:
+        engine.dispose()
+    if first is None:
+        since = "the registry history has no recorded move of the alias"
+    else:
+        moved = _utc(first.moved_at)
+        since = f"its first recorded move made version {first.version} champion at {moved.isoformat()}"
+    raise NoChampionOnDateError(
+        f"no champion of models:/{name}@champion on {_shown(at)}: {since} (table "
+        f"{registry_history.history.name} in the predictions database). Choose model: champion or a version "
+        "number for this date; nothing was scored."
+    )
 
 
 def stage(
@@ -144,6 +281,7 @@ def write(
         "rows": in_table,
         "model_name": champion["model_name"],
         "model_version": champion["version"],
+        "model_chosen_by": champion.get("chosen_by", "current champion"),
         "input_uri": batch["input_uri"],
         "dialect": engine.dialect.name,
     }

@@ -591,3 +591,77 @@ def wait_for_run(
             seen = f"{last['dag_run_id']} is {last['state']}" if last else "no run yet"
             raise TimeoutError(f"no finished run of {dag_id} within {timeout:.0f}s ({seen}); logs in {airflow.log_dir}")
         time.sleep(poll)
+
+
+def backfill(
+    airflow: LocalAirflow,
+    dag_id: str,
+    from_date: str,
+    to_date: str,
+    *,
+    conf: dict | None = None,
+    reprocess: str = "none",
+    max_active_runs: int = 10,
+    run_backwards: bool = False,
+    timeout: float = 300,
+) -> dict:
+    """POST /api/v2/backfills: Airflow's own backfill of dag_id, one run per schedule time in [from, to]; its JSON.
+
+    The runs (run type "backfill", each with the logical date of its cron time) are created at once and run by
+    the scheduler, at most max_active_runs at a time and apart from the DAG's own max_active_runs; the DAG must
+    be unpaused, or their tasks are never scheduled. reprocess is "none" (skip dates that already have a run),
+    "failed" or "completed" (clear those runs and run them again, under the same run ids).
+
+    On a SQLite metadata database Airflow answers 503 ("Database is locked") when the scheduler holds the
+    write lock while the runs are created, and removes the half-made backfill: asked again until `timeout`
+    seconds have passed (a 409 after a 503 is that backfill not yet removed; the scheduler closes it within
+    2 minutes). Any other HTTP error is raised at once.
+    """
+    body = {
+        "dag_id": dag_id, "from_date": from_date, "to_date": to_date, "dag_run_conf": conf or {},
+        "reprocess_behavior": reprocess, "max_active_runs": max_active_runs, "run_backwards": run_backwards,
+    }  # fmt: skip
+    deadline = time.monotonic() + timeout
+    locked = False
+    while True:
+        try:
+            return airflow.api("POST", "/api/v2/backfills", body)
+        except AirflowApiError as error:
+            locked = locked or error.status == 503
+            if not (error.status == 503 or (locked and error.status == 409)) or time.monotonic() > deadline:
+                raise
+        time.sleep(2)
+
+
+def wait_for_backfill(airflow: LocalAirflow, backfill_id: int, timeout: float = 900, poll: float = 3) -> dict:
+    """Poll GET /api/v2/backfills/{id} until the scheduler marks it complete (no run queued or running); its JSON.
+
+    TimeoutError (with the states of its runs so far) when it is not complete in time. Does not raise on
+    failed runs: read them with backfill_runs.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        found = airflow.api("GET", f"/api/v2/backfills/{int(backfill_id)}")
+        if found.get("completed_at"):
+            return found
+        if time.monotonic() > deadline:
+            runs = backfill_runs(airflow, found["dag_id"], found["from_date"], found["to_date"])
+            states = ", ".join(f"{r['logical_date']}: {r['state']}" for r in runs) or "no runs yet"
+            raise TimeoutError(
+                f"backfill {backfill_id} not complete within {timeout:.0f}s ({states}); {airflow.log_dir}"
+            )
+        time.sleep(poll)
+
+
+def backfill_runs(airflow: LocalAirflow, dag_id: str, from_date: str, to_date: str) -> list[dict]:
+    """The DAG's backfill runs with logical dates in [from_date, to_date], oldest first."""
+    query = urllib.parse.urlencode(
+        {
+            "run_type": "backfill",
+            "logical_date_gte": from_date,
+            "logical_date_lte": to_date,
+            "order_by": "logical_date",
+            "limit": 1000,
+        }  # fmt: skip
+    )
+    return airflow.api("GET", f"/api/v2/dags/{urllib.parse.quote(dag_id, safe='')}/dagRuns?{query}")["dag_runs"]

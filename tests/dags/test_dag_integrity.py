@@ -220,3 +220,19 @@ def test_the_yaml_access_section_becomes_the_dags_access_control(dagbag, tmp_pat
         == controls["demo_churn__drift_check"]
         == {"approvers": read, "analysts": read}
     )
+
+
+def test_batch_predict_model_param_refuses_nonsense(dagbag):
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    from lifecycle.batch_predict import MODEL_CHOICES, MODEL_PATTERN
+
+    dag = dagbag.dags["demo_churn__batch_predict"]
+    param = dag.params.get_param("model")
+    assert param.value == "auto" and param.schema["pattern"] == MODEL_PATTERN
+    assert param.schema["examples"] == list(MODEL_CHOICES) and param.schema["title"] and param.description
+    for good in ("auto", "champion", "on_date", "3"):
+        assert param.resolve(good) == good
+    for bad in ("latest", "3a", "", " 3"):
+        with pytest.raises(ParamValidationError):
+            param.resolve(bad)
