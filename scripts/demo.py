@@ -26,6 +26,7 @@ DRIFT_FROM = dt.date(2026, 3, 10)
 RETRAIN_DAYS = [dt.date(2026, 3, 1), dt.date(2026, 3, 2)]
 SCORE_DAYS = [dt.date(2026, 3, 6) + dt.timedelta(days=i) for i in range(7)]  # four before the drift, three after
 LABEL_DELAY = 4  # demo_data.LABEL_DELAY_DAYS: the churn labels land four days after the activity
+BACKFILL_DAYS = [dt.date(2026, 3, 3) + dt.timedelta(days=i) for i in range(3)]  # before the scored week
 
 
 def embedded_defaults() -> dict[str, str]:
@@ -135,8 +136,47 @@ def score_and_watch() -> bool:
         settled = wait_until_idle(airflow, [f"{prefix}__{k}" for k in ("drift_check", "performance", "retrain")])
         print(f"   drift checks recorded for {drift_runs} batches; retrain run {retrain['dag_run_id']}: {retrain['state']}"
               f" ({time.perf_counter() - started:.0f}s); {settled}")  # fmt: skip
+        backfilled = backfill(airflow)
     summarise_scoring()
-    return retrain["state"] == "success"
+    summarise_backfill(backfilled)
+    return retrain["state"] == "success" and all(r["state"] == "success" for r in backfilled)
+
+
+def backfill(airflow) -> list[dict]:
+    """Airflow's own backfill of the batch predictions over days nobody scored: each with that day's champion."""
+    from lifecycle import local_airflow as la
+
+    dag_id = f"{PIPELINE}__batch_predict"
+    start, end = f"{BACKFILL_DAYS[0]}T00:00:00Z", f"{BACKFILL_DAYS[-1]}T23:00:00Z"
+    step(f"Backfilling {dag_id} over {BACKFILL_DAYS[0]}..{BACKFILL_DAYS[-1]} (Airflow's backfill, model: auto)")
+    started = time.perf_counter()
+    created = la.backfill(airflow, dag_id, start, end, conf={}, max_active_runs=2)
+    la.wait_for_backfill(airflow, created["id"], timeout=1200)
+    runs = la.backfill_runs(airflow, dag_id, start, end)
+    wait_until_idle(airflow, [f"{PIPELINE}__{k}" for k in ("drift_check", "performance", "retrain")])
+    print(f"   backfill {created['id']}: {len(runs)} runs, {[r['state'] for r in runs]} "
+          f"({time.perf_counter() - started:.0f}s, drift checks and performance included)")  # fmt: skip
+    return runs
+
+
+def summarise_backfill(runs: list[dict]) -> None:
+    import sqlalchemy as sa
+
+    from lifecycle import registry_history
+    from lifecycle.predictions_db import engine_for
+
+    engine = engine_for(os.environ["AIRFLOW_CONN_PREDICTIONS_DB"])
+    for run in runs:
+        when = dt.datetime.fromisoformat(run["logical_date"].replace("Z", "+00:00"))
+        with engine.connect() as conn:
+            scored = conn.execute(
+                sa.text("SELECT count(*), min(model_version), max(model_version) FROM predictions "
+                        "WHERE pipeline = :p AND batch_key = :b"), {"p": PIPELINE, "b": when.date()}
+            ).one()  # fmt: skip
+        champion = registry_history.version_on(engine, PIPELINE, when)
+        print(f"   {when.date()}: {scored[0]} rows by version {scored[1]}; the registry history's champion at "
+              f"{when:%Y-%m-%d %H:%M}Z: version {champion} ({run['state']})")  # fmt: skip
+    engine.dispose()
 
 
 def wait_until_idle(airflow, dag_ids: list[str], timeout: float = 1200) -> str:
@@ -166,7 +206,7 @@ def summarise_performance(label_day: dt.date) -> None:
         with engine.connect() as conn:
             rows = conn.execute(
                 sa.text("SELECT batch_key, model_version, kind, value, rows, batch_rows FROM performance_metrics "
-                        "WHERE pipeline = :p AND metric = 'roc_auc' ORDER BY batch_key"), {"p": PIPELINE}
+                        "WHERE pipeline = :p AND metric = 'accuracy' ORDER BY batch_key"), {"p": PIPELINE}
             ).all()  # fmt: skip
             requests = conn.execute(
                 sa.text("SELECT batch_key, reason FROM retrain_requests WHERE pipeline = :p AND reason LIKE "
@@ -189,13 +229,19 @@ def summarise_performance(label_day: dt.date) -> None:
             print(f", realised {real[0]:.3f} ({real[1]}/{real[2]} labelled), estimate error {err[0]:+.3f}" if real and err
                   else ", realised: labels not arrived yet")  # fmt: skip
 
-    step(f"Performance while the batches were scored (labels land {LABEL_DELAY} days late; table performance_metrics)")
+    step(f"Performance while the batches were scored (labels land {LABEL_DELAY} days late; table performance_metrics, "
+         f"accuracy at the threshold)")  # fmt: skip
     found, requests = table()
     show(found)
     for batch_key, reason in requests:
         print(f"   retrain requested on {batch_key}: {reason}")
-    if not requests:
-        print("   the performance policy requested no retrain")
+    from lifecycle import performance
+    from lifecycle.config import load_pipeline
+
+    config = load_pipeline(REPO / "include" / "pipelines" / f"{PIPELINE}.yaml")
+    decision = performance.policy(config, SCORE_DAYS[-1].isoformat(), os.environ["AIRFLOW_CONN_PREDICTIONS_DB"])
+    print(f"   the performance policy on {SCORE_DAYS[-1]}, before the labels of the drifted days arrived: "
+          f"{'fire' if decision['retrain'] else 'no new request'}: {decision['reason']}")  # fmt: skip
     step(f"The labels of every batch have landed by {label_day}: the performance DAG once more")
     if run_dag(f"{PIPELINE}__performance", label_day, {"as_of_date": label_day.isoformat()}):
         show(table()[0])
