@@ -106,4 +106,4 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG0
             kind = stage.split(":")[0]
             kinds[kind] = [a + b for a, b in zip(kinds.get(kind, [0, 0]), (caught, tried), strict=True)]
         for kind, (caught, tried) in sorted(kinds.items()):
-            terminalreporter.write_line(f"{kind}s in all: caught {caught} / {tried}")
+            terminalreporter.write_line(f"{kind}: caught {caught} / {tried} in all")

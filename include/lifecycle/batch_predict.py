@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 import tempfile
 from typing import Any
@@ -204,7 +205,7 @@ def validate_batch(config: PipelineConfig, run_id: str, batch: dict[str, Any], c
             where = f"scoring batch {batch['input_uri']} (rows of chunk {group})"
             try:
                 check_signature(chunk, schema, where)
-                validate(chunk, config, with_target=False)
+                validate(chunk, config, with_target=False, contract_rules=False)  # the contract: below, whole batch
             except ScoringBatchError as err:
                 failures.append({"chunk": group, "error": str(err)})
             except DataValidationError as err:
@@ -216,13 +217,31 @@ def validate_batch(config: PipelineConfig, run_id: str, batch: dict[str, Any], c
                 break
     if duplicates:
         failures.append({"error": f"{config.id_column} repeats within the batch, e.g. {duplicates[:5]}"})
-    report = {"success": not failures, "rows": batch["rows"], "failures": failures, "batch_uri": batch["uri"]}
+    checked = None
+    if not failures:  # the champion's data contract, over the whole batch (read again, row group by row group)
+        from lifecycle import contract
+
+        try:
+            checked = contract.check_batch(config, batch, contract.for_run(champion["run_id"]))
+        except DataValidationError as err:
+            checked = err.report["contract"]
+            failures.append({"error": str(err), "contract": checked})
+    report = {
+        "success": not failures,
+        "rows": batch["rows"],
+        "failures": failures,
+        "batch_uri": batch["uri"],
+        "contract": checked,
+    }
     storage.write_json(report_uri, report)
     if failures:
         raise DataValidationError(
             f"scoring batch rejected, nothing written: {failures[0]['error']} (report: {report_uri})", report
         )
-    return {"report_uri": report_uri}
+    if checked:
+        for warning in checked["warnings"]:
+            logging.getLogger(__name__).warning("data contract: %s", warning)
+    return {"report_uri": report_uri, "contract_warnings": len(checked["warnings"]) if checked else 0}
 
 
 def plan_partitions(batch: dict[str, Any], partitions: int) -> list[list[int]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import logging
 import os
 from typing import Any
 
@@ -41,23 +42,35 @@ def validate_snapshot(
     config: PipelineConfig, run_id: str, snapshot_uri: str, sha256: str | None = None
 ) -> dict[str, Any]:
     """Validate the snapshot; the report is saved whether it passes or not, then failure raises."""
+    from lifecycle import contract
     from lifecycle.validation import DataValidationError, validate
 
     report_uri = storage.artifact_uri(config.name, run_id, "validation", "report.json")
     frame = storage.read_parquet(snapshot_uri, sha256)
+    window = frame.attrs.get(contract.RECORD_KEY, {}).get("window")
+    where = f"training window {window[0]}..{window[1]}" if window else f"training window {snapshot_uri}"
     try:
-        report = validate(frame, config)
+        report = validate(frame, config, contract=contract.for_champion(config), where=where)
     except DataValidationError as err:
         storage.write_json(report_uri, {**err.report, "snapshot_uri": snapshot_uri})
         raise DataValidationError(f"{err} (report: {report_uri})", err.report) from None
     storage.write_json(report_uri, {**report, "snapshot_uri": snapshot_uri})
-    return {"report_uri": report_uri, "evaluated": report["evaluated"], "failed": 0}
+    for warning in report["contract"]["warnings"]:
+        logging.getLogger(__name__).warning("data contract: %s", warning)
+    return {
+        "report_uri": report_uri,
+        "evaluated": report["evaluated"],
+        "failed": 0,
+        "contract_warnings": len(report["contract"]["warnings"]),
+        "contract_counts": report["contract"]["counts"],
+    }
 
 
 def prepare_features(
     config: PipelineConfig, run_id: str, snapshot_uri: str, sha256: str | None = None
 ) -> dict[str, Any]:
     """Time-split the snapshot and fit the feature pipeline on the training split only."""
+    from lifecycle.contract import record as record_contract
     from lifecycle.drift import reference_profile
     from lifecycle.features import build_preprocessor, feature_types, input_columns, split_bounds, time_split
 
@@ -84,6 +97,7 @@ def prepare_features(
         "bounds": split_bounds(parts, config),
         "preprocessor_uri": preprocessor_uri,
         "drift_reference_uri": reference_uri,
+        "contract_uri": record_contract(config, run_id, parts["train"]),
         "input_columns": columns,
         "output_features": int(len(preprocessor.get_feature_names_out())),
     }
@@ -410,6 +424,8 @@ def evaluate(
     storage.write_bytes(storage.artifact_uri(config.name, run_id, "evaluation", "report.png"), png)
     with mlflow.start_run(run_id=mlflow_run_id):
         mlflow.log_dict(reference, "drift/reference.json")
+        if features.get("contract_uri"):  # the data contract travels with the model: runs:/<run>/contract/
+            mlflow.log_dict(storage.read_json(features["contract_uri"]), "contract/contract.json")
         for name, values in {**measured, **{f"family_{f}": m for f, m in family_holdout.items()}}.items():
             mlflow.log_metrics({f"holdout_{name}_{k}": v for k, v in values.items() if v == v})
         mlflow.log_dict(decision, "evaluation/decision.json")

@@ -20,7 +20,17 @@ import pyarrow.parquet as pq
 
 from lifecycle import storage
 from lifecycle.config import PipelineConfig
-from lifecycle.ingestion import SourceError, in_window, join_source, query_source, read_source, source_files
+from lifecycle.ingestion import (
+    NO_VIOLATIONS,
+    SourceError,
+    add_violations,
+    in_window,
+    join_source,
+    query_source,
+    read_source,
+    source_files,
+    timestamp_violations,
+)
 
 
 class ScoringBatchError(ValueError):
@@ -29,11 +39,17 @@ class ScoringBatchError(ValueError):
 
 def _file_chunks(uri: str, fmt: str, chunk_size: int, work: Path) -> Iterator[pd.DataFrame]:
     path = storage.local_copy(uri, work)
-    if fmt == "csv" or uri.endswith(".csv"):
-        yield from pd.read_csv(path, chunksize=chunk_size)
-        return
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_size):
-        yield batch.to_pandas()
+    try:
+        if fmt == "csv" or uri.endswith(".csv"):
+            try:
+                yield from pd.read_csv(path, chunksize=chunk_size)
+            except pd.errors.EmptyDataError:  # not even a header: no rows
+                return
+            return
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_size):
+            yield batch.to_pandas()
+    except (pa.ArrowInvalid, pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise SourceError(f"{uri} cannot be read as {'csv' if uri.endswith('.csv') else fmt}: {err}") from err
 
 
 def input_prefixes(config: PipelineConfig) -> list[str]:
@@ -91,8 +107,14 @@ def stage_batch(
     out_uri: str,
     input_uri: str | None = None,
     connection_urls: dict[str, str] | None = None,
+    now: dt.datetime | None = None,
 ) -> dict[str, Any]:
-    """Read the day's base rows (or `input_uri`) chunk by chunk, join the other sources, stage as Parquet."""
+    """Read the day's base rows (or `input_uri`) chunk by chunk, join the other sources, stage as Parquet.
+
+    The result counts the rows that break the timestamp rule (`timestamp_violations`): stamped in the future, or
+    on another day than the batch's (a file, glob or query is already cut to the day; an `input_uri` is scored
+    whole as the batch, so only the future counts there). The data contract's check judges them.
+    """
     connection_urls = connection_urls or {}
     base, *others = config.sources
     described = input_uri or base.uri or f"source {base.name!r} (sql)"
@@ -102,6 +124,8 @@ def stage_batch(
     chunk_size = config.prediction.chunk_size
     rows, chunks = 0, []
     seen: dict[str, list[pa.DataType]] = {}  # column -> its type in each chunk where it has a value
+    day_rule = batch_date if input_uri is None else None
+    violations = None
     with tempfile.TemporaryDirectory() as work:
         staged = Path(work) / "batch.parquet"
         # Pass 1: each chunk to a file of its own, as read. A reader infers types chunk by chunk (a CSV or SQL
@@ -110,6 +134,9 @@ def stage_batch(
         for chunk in _base_chunks(config, input_uri, chunk_size, Path(work), connection_urls, batch_date):
             if chunk.empty:
                 continue
+            if config.timestamp_column in chunk.columns:  # absent: the suite names the missing column
+                found = timestamp_violations(chunk[config.timestamp_column], day_rule, now, batch_date.isoformat())
+                violations = add_violations(violations, found)
             for source, lookup in lookups:
                 chunk = join_source(chunk, source, lookup)
             table = pa.Table.from_pandas(chunk, preserve_index=False).replace_schema_metadata(None)
@@ -137,6 +164,11 @@ def stage_batch(
         "rows": rows,
         "row_groups": groups,
         "batch_key": batch_date.isoformat(),
+        "partitions": {batch_date.isoformat(): rows},
+        "timestamp_violations": violations or dict(NO_VIOLATIONS),
+        "timestamp_rule": "not in the future"
+        if day_rule is None
+        else f"on {batch_date.isoformat()}, not in the future",
     }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from lifecycle.config import PipelineConfig
@@ -38,8 +39,11 @@ def build_suite(config: PipelineConfig, columns: list[str], with_target: bool = 
     for column in config.feature_columns:
         suite.add_expectation(gxe.ExpectColumnValuesToNotBeNull(column=column, mostly=mostly))
     numeric_types = ["int", "int32", "int64", "Int64", "float", "float32", "float64", "Float64"]
+    finite = float(np.finfo("float64").max)
     for column in config.features.numeric:
         suite.add_expectation(gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=numeric_types))
+        # Infinity is no number a model can take (the imputer refuses it at scoring): never only a warning.
+        suite.add_expectation(gxe.ExpectColumnValuesToBeBetween(column=column, min_value=-finite, max_value=finite))
     if with_target and config.task == "binary":
         suite.add_expectation(gxe.ExpectColumnDistinctValuesToEqualSet(column=config.target, value_set=[0, 1]))
     if with_target and config.task == "regression":
@@ -63,34 +67,71 @@ def _expectation_from_yaml(extra: dict[str, Any]) -> Any:
     return cls(**extra.get("kwargs", {}))
 
 
-def validate(frame: pd.DataFrame, config: PipelineConfig, with_target: bool = True) -> dict[str, Any]:
-    """Run the suite; return a JSON-able report. Raise DataValidationError when anything failed."""
+def validate(
+    frame: pd.DataFrame,
+    config: PipelineConfig,
+    with_target: bool = True,
+    contract: dict[str, Any] | None = None,
+    where: str = "the data",
+    partitions: dict[str, Any] | None = None,
+    now: Any = None,
+    contract_rules: bool = True,
+) -> dict[str, Any]:
+    """Run the suite and the data contract's check (lifecycle.contract) in one GX run; return one JSON-able
+    report, the contract's warnings included (`report["contract"]`). Raise DataValidationError when anything
+    failed, naming each failed expectation and each broken contract rule with its column and `where`.
+
+    `contract` is the champion's (None: only the rules that need no reference run, as on a first training);
+    `partitions` is the ingestion's record (rows per partition, timestamp violations), by default the one a
+    snapshot carries in frame.attrs. `contract_rules=False` runs the suite alone, for a caller that holds a whole
+    batch to the contract itself (contract.check_batch) while it validates chunk by chunk.
+    """
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
+    from lifecycle import contract as contracts
+
+    if partitions is None:
+        partitions = frame.attrs.get(contracts.RECORD_KEY)
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     source = context.data_sources.add_pandas(name=f"{config.name}_source")
     asset = source.add_dataframe_asset(name="snapshot")
     batch = asset.add_batch_definition_whole_dataframe("whole").get_batch(batch_parameters={"dataframe": frame})
     suite = build_suite(config, list(frame.columns), with_target)
+    suite_size = len(suite.expectations)
+    for expectation in contracts.expectations(frame, contract, config) if contract_rules else []:
+        suite.add_expectation(expectation)
     result = batch.validate(suite, result_format={"result_format": "SUMMARY", "partial_unexpected_count": 5})
-    failures = [_describe(r) for r in result.results if not r.success]
+    own = [r for r in result.results if not contracts.is_contract_result(r)]
+    checked = None
+    if contract_rules:
+        observed = contracts.observe(frame, contract, config, result.results, now)
+        checked = contracts.judge(observed, contract, config, where=where, partitions=partitions)
+    failures = [_describe(r) for r in own if not r.success]
     report = {
         "suite": suite.name,
-        "success": bool(result.success),
-        "evaluated": len(result.results),
+        "success": not failures and (checked is None or checked["success"]),
+        "evaluated": suite_size,
         "failed": len(failures),
         "rows": int(len(frame)),
         "failures": failures,
+        "contract": checked,
     }
+    problems = []
     if failures:
-        lines = "; ".join(
-            f"{f['expectation']} on {f['column'] or 'table'}: {f['observed']}"
-            + (f" e.g. {f['sample_values']}" if f["sample_values"] else "")
-            for f in failures
+        problems.append(
+            f"{len(failures)} of {suite_size} expectations failed: "
+            + "; ".join(
+                f"{f['expectation']} on {f['column'] or 'table'}: {f['observed']}"
+                + (f" e.g. {f['sample_values']}" if f["sample_values"] else "")
+                for f in failures
+            )
         )
-        raise DataValidationError(f"{len(failures)} of {len(result.results)} expectations failed: {lines}", report)
+    if checked and checked["failures"]:
+        problems.append(f"data contract broken in {where}: " + "; ".join(checked["failures"]))
+    if problems:
+        raise DataValidationError(" | ".join(problems), report)
     return report
 
 

@@ -106,3 +106,32 @@ def test_unknown_expectation_type_is_named(make_config):
     """Refused when the file is parsed (tests/unit/test_parse_time_checks.py has the rest), before any data."""
     with pytest.raises(ValueError, match="'expect_column_to_be_great' is not a Great Expectations expectation type"):
         make_config(validation={"expectations": [{"type": "expect_column_to_be_great", "kwargs": {}}]})
+
+
+def test_the_contract_rules_are_judged_beside_the_suite_in_one_report(config, small_frame):
+    """One GX run, one report: the suite's failures and the contract's, each naming its column and the window."""
+    from lifecycle import contract
+
+    reference = contract.derive(small_frame, config)
+    frame = small_frame.copy()
+    frame["support_tickets"] = frame["support_tickets"] + 0.5
+    frame.loc[0, "monthly_spend"] = -1.0
+    with pytest.raises(DataValidationError) as info:
+        validate(frame, config, contract=reference, where="training window 2026-01-01..2026-01-13")
+    message = str(info.value)
+    assert "expect_column_values_to_be_between on monthly_spend" in message
+    assert "support_tickets' changed type: integer in the champion's contract, float in training window" in message
+    report = info.value.report
+    assert report["failed"] == len(report["failures"]) == 1 and not report["contract"]["success"]
+    # The suite alone, for a caller that checks the contract over a whole batch itself:
+    alone = validate(frame.assign(monthly_spend=1.0), config, contract=reference, contract_rules=False)
+    assert alone["success"] and alone["contract"] is None
+
+
+def test_infinity_in_a_numeric_feature_fails_the_suite(config, small_frame):
+    frame = small_frame.copy()
+    frame.loc[[0, 1], "avg_session_minutes"] = np.inf
+    with pytest.raises(DataValidationError) as info:
+        validate(frame, config)
+    (failure,) = failures_by(info.value.report, "expect_column_values_to_be_between", "avg_session_minutes")
+    assert failure["observed"].startswith("2 unexpected")
