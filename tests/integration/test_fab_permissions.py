@@ -133,7 +133,8 @@ def test_pipeline_roles_decide_who_approves_and_who_rolls_back(demo_data, tmp_pa
     users = []
     for name, roles in USERS.items():
         users.append(
-            ["users", "create", "-u", name, "-p", passwords[name], "-e", f"{name}@example.com"]
+            # --password=...: a token starting with "-" would read as another option after a bare -p
+            ["users", "create", "-u", name, f"--password={passwords[name]}", "-e", f"{name}@example.com"]
             + ["-f", name, "-l", "Test", "-r", roles[0]]
         )
         users += [["users", "add-role", "-u", name, "-r", role] for role in roles[1:]]
