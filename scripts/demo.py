@@ -136,9 +136,11 @@ def score_and_watch() -> bool:
         settled = wait_until_idle(airflow, [f"{prefix}__{k}" for k in ("drift_check", "performance", "retrain")])
         print(f"   drift checks recorded for {drift_runs} batches; retrain run {retrain['dag_run_id']}: {retrain['state']}"
               f" ({time.perf_counter() - started:.0f}s); {settled}")  # fmt: skip
+        early = performance_snapshot()  # before the backfill's later batches bring their labels' arrival days
         backfilled = backfill(airflow)
     summarise_scoring()
     summarise_backfill(backfilled)
+    summarise_performance(early, BACKFILL_DAYS[-1] + dt.timedelta(days=LABEL_DELAY))
     return retrain["state"] == "success" and all(r["state"] == "success" for r in backfilled)
 
 
@@ -200,56 +202,64 @@ def wait_until_idle(airflow, dag_ids: list[str], timeout: float = 1200) -> str:
     return f"still running after {timeout:.0f}s: {busy}"
 
 
-def summarise_performance(label_day: dt.date) -> None:
-    """What the performance DAG recorded while the batches were scored, then once every label has landed."""
+def performance_table() -> tuple[dict, list]:
+    """The accuracy rows of performance_metrics per (batch, version), and the retrains performance requested."""
     import sqlalchemy as sa
 
     from lifecycle.predictions_db import engine_for
 
-    def table() -> dict:
-        engine = engine_for(os.environ["AIRFLOW_CONN_PREDICTIONS_DB"])
-        with engine.connect() as conn:
-            rows = conn.execute(
-                sa.text("SELECT batch_key, model_version, kind, value, rows, batch_rows FROM performance_metrics "
-                        "WHERE pipeline = :p AND metric = 'accuracy' ORDER BY batch_key"), {"p": PIPELINE}
-            ).all()  # fmt: skip
-            requests = conn.execute(
-                sa.text("SELECT batch_key, reason FROM retrain_requests WHERE pipeline = :p AND reason LIKE "
-                        "'performance%' ORDER BY batch_key"), {"p": PIPELINE}
-            ).all()  # fmt: skip
-        engine.dispose()
-        found: dict = {}
-        for batch_key, version, kind, value, rows_, batch_rows in rows:
-            found.setdefault((str(batch_key), version), {})[kind] = (value, rows_, batch_rows)
-        return found, requests
+    engine = engine_for(os.environ["AIRFLOW_CONN_PREDICTIONS_DB"])
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT batch_key, model_version, kind, value, rows, batch_rows FROM performance_metrics "
+                    "WHERE pipeline = :p AND metric = 'accuracy' ORDER BY batch_key"), {"p": PIPELINE}
+        ).all()  # fmt: skip
+        requests = conn.execute(
+            sa.text("SELECT batch_key, reason FROM retrain_requests WHERE pipeline = :p AND reason LIKE "
+                    "'performance%' ORDER BY batch_key"), {"p": PIPELINE}
+        ).all()  # fmt: skip
+    engine.dispose()
+    found: dict = {}
+    for batch_key, version, kind, value, rows_, batch_rows in rows:
+        found.setdefault((str(batch_key), version), {})[kind] = (value, rows_, batch_rows)
+    return found, requests
 
-    def show(found: dict) -> None:
-        for (batch_key, version), kinds in sorted(found.items()):
-            real = kinds.get("realised")
-            est = kinds.get("estimated")
-            err = kinds.get("estimate_error")
-            print(
-                f"   {batch_key} v{version}: estimated {est[0]:.3f}" if est else f"   {batch_key} v{version}:", end=""
-            )
-            print(f", realised {real[0]:.3f} ({real[1]}/{real[2]} labelled), estimate error {err[0]:+.3f}" if real and err
-                  else ", realised: labels not arrived yet")  # fmt: skip
 
-    step(f"Performance while the batches were scored (labels land {LABEL_DELAY} days late; table performance_metrics, "
-         f"accuracy at the threshold)")  # fmt: skip
-    found, requests = table()
-    show(found)
-    for batch_key, reason in requests:
-        print(f"   retrain requested on {batch_key}: {reason}")
+def performance_snapshot() -> dict:
+    """The table and the performance policy's verdict on the last scored day, before later labels land."""
     from lifecycle import performance
     from lifecycle.config import load_pipeline
 
     config = load_pipeline(REPO / "include" / "pipelines" / f"{PIPELINE}.yaml")
+    found, requests = performance_table()
     decision = performance.policy(config, SCORE_DAYS[-1].isoformat(), os.environ["AIRFLOW_CONN_PREDICTIONS_DB"])
+    return {"found": found, "requests": requests, "decision": decision}
+
+
+def _show_performance(found: dict) -> None:
+    for (batch_key, version), kinds in sorted(found.items()):
+        real, est, err = kinds.get("realised"), kinds.get("estimated"), kinds.get("estimate_error")
+        line = f"   {batch_key} v{version}: estimated {est[0]:.3f}" if est else f"   {batch_key} v{version}:"
+        if real and err:
+            line += f", realised {real[0]:.3f} ({real[1]}/{real[2]} labelled), estimate error {err[0]:+.3f}"
+        else:
+            line += ", realised: labels not arrived yet"
+        print(line)
+
+
+def summarise_performance(snapshot: dict, label_day: dt.date) -> None:
+    """What the performance DAG recorded while the batches were scored, then once every label has landed."""
+    step(f"Performance while the batches were scored (labels land {LABEL_DELAY} days late; table performance_metrics, "
+         f"accuracy at the threshold)")  # fmt: skip
+    _show_performance(snapshot["found"])
+    for batch_key, reason in snapshot["requests"]:
+        print(f"   retrain requested on {batch_key}: {reason}")
+    decision = snapshot["decision"]
     print(f"   the performance policy on {SCORE_DAYS[-1]}, before the labels of the drifted days arrived: "
           f"{'fire' if decision['retrain'] else 'no new request'}: {decision['reason']}")  # fmt: skip
     step(f"The labels of every batch have landed by {label_day}: the performance DAG once more")
     if run_dag(f"{PIPELINE}__performance", label_day, {"as_of_date": label_day.isoformat()}):
-        show(table()[0])
+        _show_performance(performance_table()[0])
 
 
 def wait_for_drift(batches: int, timeout: float) -> int:
@@ -389,8 +399,6 @@ def main() -> int:
     step(f"Scoring {len(SCORE_DAYS)} daily batches on a running Airflow (scheduler, LocalExecutor)")
     if not score_and_watch():
         return 1
-
-    summarise_performance(BACKFILL_DAYS[-1] + dt.timedelta(days=LABEL_DELAY))
 
     step("The champion outside this repository: a clean virtualenv from its own requirements.txt")
     if not check_portable():
