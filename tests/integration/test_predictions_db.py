@@ -453,20 +453,23 @@ def test_dataset_history_is_oldest_first_and_limited(db: Database, drift_result:
 
 def test_days_since_last_request(db: Database, drift_result: dict[str, Any]) -> None:
     metrics_table = f"drift_{uuid.uuid4().hex[:10]}"
-    assert drift_store.days_since_last_request(db.engine, metrics_table, PIPELINE, DAY) is None
-    drift_store.record_request(db.engine, metrics_table, PIPELINE, DAY, "drift on day 1", "run-1")
-    drift_store.record_request(db.engine, metrics_table, PIPELINE, DAY, "drift on day 1 (rerun)", "run-2")
+    # retrain_requests is one table for every pipeline and test: a pipeline of this test's own, so a request
+    # that another test's DAG run recorded in the same database cannot show up here.
+    pipeline = f"{PIPELINE}_{uuid.uuid4().hex[:8]}"
+    assert drift_store.days_since_last_request(db.engine, metrics_table, pipeline, DAY) is None
+    drift_store.record_request(db.engine, metrics_table, pipeline, DAY, "drift on day 1", "run-1")
+    drift_store.record_request(db.engine, metrics_table, pipeline, DAY, "drift on day 1 (rerun)", "run-2")
     drift_store.record_request(db.engine, metrics_table, "other", DAY + dt.timedelta(days=8), "other", "o-1")
 
-    assert drift_store.days_since_last_request(db.engine, metrics_table, PIPELINE, DAY) is None  # strictly before
-    assert drift_store.days_since_last_request(db.engine, metrics_table, PIPELINE, DAY + dt.timedelta(days=1)) == 1
-    assert drift_store.days_since_last_request(db.engine, metrics_table, PIPELINE, DAY + dt.timedelta(days=10)) == 10
-    drift_store.record_request(db.engine, metrics_table, PIPELINE, DAY + dt.timedelta(days=7), "again", "run-3")
-    assert drift_store.days_since_last_request(db.engine, metrics_table, PIPELINE, DAY + dt.timedelta(days=10)) == 3
+    assert drift_store.days_since_last_request(db.engine, metrics_table, pipeline, DAY) is None  # strictly before
+    assert drift_store.days_since_last_request(db.engine, metrics_table, pipeline, DAY + dt.timedelta(days=1)) == 1
+    assert drift_store.days_since_last_request(db.engine, metrics_table, pipeline, DAY + dt.timedelta(days=10)) == 10
+    drift_store.record_request(db.engine, metrics_table, pipeline, DAY + dt.timedelta(days=7), "again", "run-3")
+    assert drift_store.days_since_last_request(db.engine, metrics_table, pipeline, DAY + dt.timedelta(days=10)) == 3
 
     _, requests = drift_store.tables(sa.MetaData(), metrics_table)
     with db.engine.connect() as conn:
-        stored = conn.execute(sa.select(requests.c.batch_key, requests.c.reason).where(requests.c.pipeline == PIPELINE))
+        stored = conn.execute(sa.select(requests.c.batch_key, requests.c.reason).where(requests.c.pipeline == pipeline))
         assert sorted(stored.all()) == [(DAY, "drift on day 1 (rerun)"), (DAY + dt.timedelta(days=7), "again")]
 
 
