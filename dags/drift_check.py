@@ -56,23 +56,24 @@ def build(config: PipelineConfig) -> DAG:
             from lifecycle import drift_check
 
             url = sqlalchemy_url(config.prediction.conn_id)
-            return [
-                drift_check.run_check(config, context["run_id"], batch["batch_key"], batch["batch_uri"], url)
-                for batch in _batches(context)
-            ]
+            manual = bool(context["params"].get("batch_date"))
+            return drift_check.run_checks(config, context["run_id"], _events(context), url, recheck=manual)
 
-        def _batches(context) -> list[dict]:
-            """The Param's batch (from the predictions Asset's history), else the events that triggered the run."""
+        def _events(context) -> list[dict]:
+            """The Param's batch (from the predictions Asset's history), else the events that triggered the run
+            and those that landed after them, which the scheduler would leave for the next run."""
+            history = context["inlet_events"][predictions]
             if context["params"].get("batch_date"):
                 wanted = run_date(context, "batch_date")
-                found = [e.extra for e in context["inlet_events"][predictions] if e.extra.get("batch_key") == wanted]
+                found = [e.extra for e in history if e.extra.get("batch_key") == wanted]
                 if not found:
                     raise ValueError(f"no predictions event for batch {wanted}: run {name}__batch_predict first")
                 return found[-1:]
-            events = [e.extra for found in context["triggering_asset_events"].values() for e in found]
-            if not events:
+            triggering = [e for found in context["triggering_asset_events"].values() for e in found]
+            if not triggering:
                 raise ValueError("nothing to check: trigger with a batch_date, or let a predictions event trigger it")
-            return sorted({e["batch_key"]: e for e in events}.values(), key=lambda e: e["batch_key"])
+            later = history.after(max(e.timestamp for e in triggering).isoformat())
+            return [{**e.extra, "event_time": e.timestamp.isoformat()} for e in [*triggering, *later]]
 
         @task.short_circuit
         @fail_fast_on_bad_input

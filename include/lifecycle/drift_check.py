@@ -130,6 +130,46 @@ def run_check(
     }
 
 
+def run_checks(
+    config: PipelineConfig,
+    run_id: str,
+    events: list[dict[str, Any]],
+    database_url: str,
+    recheck: bool = False,
+) -> list[dict[str, Any]]:
+    """Check each batch the predictions events name, its latest event only, oldest batch first.
+
+    Airflow dates an asset-triggered run at its first queued event, and an event that lands after that but before
+    the run is created waits for the next run (a day later, or never if none comes). The DAG therefore hands over
+    those later events too, and a later run then finds their batches already checked by another run since the
+    event and skips them; `recheck` (a run asked for by hand) checks regardless.
+    """
+    from lifecycle import drift_store
+    from lifecycle.predictions_db import engine_for
+
+    latest: dict[str, dict[str, Any]] = {}
+    for event in sorted(events, key=lambda e: e.get("event_time") or ""):
+        latest[event["batch_key"]] = event
+    pending = []
+    engine = engine_for(database_url)
+    try:
+        for key, event in sorted(latest.items()):
+            last = drift_store.last_check(engine, config.drift.metrics_table, config.name, dt.date.fromisoformat(key))
+            handled = (
+                last is not None
+                and last[1] != run_id  # a retry of this run checks again: its first attempt may have died half-way
+                and event.get("event_time") is not None
+                and last[0] >= dt.datetime.fromisoformat(event["event_time"])
+            )
+            if handled and not recheck:
+                print(f"{key}: already checked by {last[1]} at {last[0].isoformat()}, after its predictions event")
+            else:
+                pending.append(event)
+    finally:
+        engine.dispose()
+    return [run_check(config, run_id, e["batch_key"], e["batch_uri"], database_url) for e in pending]
+
+
 def record_retrain_request(config: PipelineConfig, run_id: str, batch_key: str, reason: str, database_url: str) -> None:
     """Start the policy's cool-down: called by the task that emits the retrain request, in the same attempt."""
     from lifecycle import drift_store

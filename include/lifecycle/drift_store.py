@@ -114,6 +114,27 @@ def record(
     return len(rows)
 
 
+def last_check(
+    engine: sa.Engine, metrics_table: str, pipeline: str, batch_key: dt.date
+) -> tuple[dt.datetime, str] | None:
+    """When and by which Airflow run this batch was last checked (None: never)."""
+    metrics, _ = _ensure(engine, metrics_table)
+    query = (
+        sa.select(metrics.c.checked_at, metrics.c.airflow_run_id)
+        .where(metrics.c.pipeline == pipeline, metrics.c.batch_key == batch_key)
+        .order_by(metrics.c.checked_at.desc())
+        .limit(1)
+    )
+    with engine.connect() as conn:
+        row = conn.execute(query).first()
+    if row is None:
+        return None
+    checked_at = row.checked_at
+    if checked_at.tzinfo is None:  # SQLite keeps no zone: written in UTC
+        checked_at = checked_at.replace(tzinfo=dt.UTC)
+    return checked_at, row.airflow_run_id
+
+
 def dataset_history(engine: sa.Engine, metrics_table: str, pipeline: str, batch_key: dt.date, last: int) -> list[bool]:
     """Dataset-drift verdicts of the last `last` batches up to this one, oldest first."""
     metrics, _ = _ensure(engine, metrics_table)

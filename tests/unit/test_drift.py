@@ -199,3 +199,55 @@ def test_day_to_day_movement_of_the_reference_is_not_drift_but_a_real_shift_is()
     assert flagged <= 5 and without_day_floor > 50
     shifted = check(reference, days(1, shift=2.0), None, thresholds)["features"]["temp"]
     assert shifted["drifted"] and shifted["effective_threshold"] == shifted["day_floor"]
+
+
+def test_events_the_scheduler_deferred_are_checked_once_and_a_retry_checks_again(config, tmp_path, monkeypatch):
+    """A predictions event that lands after an asset-triggered run's date is handed to that run too; the run the
+    scheduler later makes for it skips the batch, checked since by another run; a retry of a run checks again."""
+    from lifecycle import drift_check, drift_store
+    from lifecycle.predictions_db import engine_for
+
+    url = f"sqlite:///{tmp_path / 'predictions.db'}"
+    checked: list[tuple[str, str]] = []
+
+    def check(config, run_id, batch_key, batch_uri, database_url):  # records a check as run_check does
+        engine = engine_for(database_url)
+        try:
+            result = {
+                "features": {},
+                "prediction": None,
+                "performance": None,
+                "dataset_drift": False,
+                "drifted_share": 0.0,
+            }
+            drift_store.record(engine, config.drift.metrics_table, config.name, dt.date.fromisoformat(batch_key),
+                               result, "1", run_id)  # fmt: skip
+        finally:
+            engine.dispose()
+        checked.append((run_id, batch_key))
+        return {"batch_key": batch_key, "retrain": False}
+
+    monkeypatch.setattr(drift_check, "run_check", check)
+    now = dt.datetime.now(dt.UTC)
+
+    def event(day: str, seconds_ago: float) -> dict:
+        return {
+            "batch_key": day,
+            "batch_uri": f"file:///x/{day}",
+            "event_time": (now - dt.timedelta(seconds=seconds_ago)).isoformat(),
+        }
+
+    # Run 1 was triggered by day 24's event; day 25's landed before the run was created: both are checked.
+    first = drift_check.run_checks(config, "run1", [event("2026-02-24", 9), event("2026-02-25", 5)], url)
+    assert [c["batch_key"] for c in first] == ["2026-02-24", "2026-02-25"]
+    # Run 2, made later for day 25's event, finds it checked by run 1 since the event: nothing to do.
+    assert drift_check.run_checks(config, "run2", [event("2026-02-25", 5)], url) == []
+    # A retry of run 1 (its first attempt may have died before the report) checks again; so does a manual run.
+    assert len(drift_check.run_checks(config, "run1", [event("2026-02-25", 5)], url)) == 1
+    assert len(drift_check.run_checks(config, "manual", [event("2026-02-25", 5)], url, recheck=True)) == 1
+    # The batch scored again after the last check: its new event is checked.
+    assert len(drift_check.run_checks(config, "run3", [event("2026-02-25", -1)], url)) == 1
+    # Two events of one batch in one run: the batch is checked once.
+    assert len(drift_check.run_checks(config, "run4", [event("2026-02-26", 3), event("2026-02-26", 2)], url)) == 1
+    assert checked == [("run1", "2026-02-24"), ("run1", "2026-02-25"), ("run1", "2026-02-25"),
+                       ("manual", "2026-02-25"), ("run3", "2026-02-25"), ("run4", "2026-02-26")]  # fmt: skip
