@@ -130,7 +130,8 @@ class Follower:
         self._loader, self._resolver = loader, resolver
         self._served: dict[str, Served] = {name: Served() for name in self.configs}
         self._seen: dict[str, Seen] = {name: Seen() for name in self.configs}
-        self._failed: dict[tuple[str, str], float] = {}  # (pipeline, version) -> when its load last failed
+        # (pipeline, version) -> when its load last failed, and why: every poll until the retry says why
+        self._failed: dict[tuple[str, str], tuple[float, str]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -206,16 +207,17 @@ class Follower:
         for held in (current.champion, current.challenger):
             if held is not None and held.version == version:
                 return held
-        failed_at = self._failed.get((name, version))
+        failed_at, why = self._failed.get((name, version), (None, ""))
         if failed_at is not None and time.monotonic() - failed_at < self.retry_seconds:
-            errors.append(f"version {version} failed to load; retrying in under {self.retry_seconds:.0f}s")
+            errors.append(f"{why}; retrying in under {self.retry_seconds:.0f}s")
             return keep
         started = time.monotonic()
         try:
             loaded = self._loader(config.registered_model_name, version)
         except Exception as err:
-            self._failed[(name, version)] = time.monotonic()
-            errors.append(f"loading version {version} failed: {type(err).__name__}: {err}")
+            why = f"loading version {version} failed: {type(err).__name__}: {err}"
+            self._failed[(name, version)] = (time.monotonic(), why)
+            errors.append(why)
             log.error("%s: loading version %s failed, still serving %s: %s", name, version, keep and keep.version, err)
             return keep
         self._failed.pop((name, version), None)
