@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
@@ -128,7 +128,8 @@ def create_app(
         except RequestError as err:
             return JSONResponse(err.body(), status_code=err.status)
         background = BackgroundTask(answer.shadow) if answer.shadow else None
-        return JSONResponse(answer.body, headers={"X-Request-ID": answer.request_id}, background=background)
+        return Response(answer.body, media_type="application/json", headers={"X-Request-ID": answer.request_id},
+                        background=background)  # fmt: skip
 
     app.include_router(guarded)
     return app

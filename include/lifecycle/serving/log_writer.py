@@ -7,6 +7,11 @@ retries with backoff (up to 10 s apart) and keeps every row. When the queue is f
 the request is answered 503 instead: a prediction is returned only if its row is queued, so the table
 holds exactly one row per returned prediction (shadow rows that do not fit are dropped and counted).
 On a clean shutdown `close` writes what is queued, retrying until its deadline.
+
+With a positional DBAPI (SQLite's) the INSERT is compiled once and the DBAPI's executemany gets the queued rows
+processed by the columns' bind processors (text timestamps, 0/1 booleans): SQLAlchemy's executemany builds and
+processes a dict per row, twice the CPU (~1 ms per 100 rows, as much as a 100-row request's own checks and
+answer, in the same process). psycopg's named parameters keep SQLAlchemy's insertmanyvalues, as fast there.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -39,6 +45,7 @@ COLUMNS = (
     "shadow",
 )
 MAX_BACKOFF_SECONDS = 10.0
+_Processors = tuple[tuple[int, Callable[[Any], Any]], ...]  # (place in COLUMNS, bind processor)
 
 
 def online_predictions_table(metadata: sa.MetaData) -> sa.Table:
@@ -78,6 +85,7 @@ class PredictionLog:
         self._thread: threading.Thread | None = None
         self.written = self.refused = self.failures = 0
         self.last_error: str | None = None
+        self._direct: tuple[str, _Processors] | None = None  # set by the writer thread: see _direct_insert
 
     @property
     def queued(self) -> int:
@@ -138,6 +146,7 @@ class PredictionLog:
             try:
                 if not table_ready:
                     create_tables(self.engine, self.table.metadata)
+                    self._direct = _direct_insert(self.table, self.engine.dialect)  # the dialect has connected
                     table_ready = True
                 while self._rows:
                     self._write_batch()
@@ -154,12 +163,11 @@ class PredictionLog:
     def _write_batch(self) -> None:
         with self._lock:
             batch = list(itertools.islice(self._rows, self.batch_rows))
-        records = [dict(zip(COLUMNS, row, strict=True)) for row in batch]
         try:
             with self.engine.begin() as conn:
-                conn.execute(sa.insert(self.table), records)
+                self._insert(conn, batch)
         except sa.exc.IntegrityError:  # an earlier attempt committed some of these: insert the rest one by one
-            for record in records:
+            for record in (dict(zip(COLUMNS, row, strict=True)) for row in batch):
                 try:
                     with self.engine.begin() as conn:
                         conn.execute(sa.insert(self.table), record)
@@ -170,3 +178,31 @@ class PredictionLog:
             for _ in batch:
                 self._rows.popleft()
         self.written += len(batch)
+
+    def _insert(self, conn: sa.Connection, batch: list[tuple[Any, ...]]) -> None:
+        if self._direct is None:
+            conn.execute(sa.insert(self.table), [dict(zip(COLUMNS, row, strict=True)) for row in batch])
+            return
+        sql, processors = self._direct
+        conn.exec_driver_sql(sql, [_processed(row, processors) for row in batch] if processors else batch)
+
+
+def _direct_insert(table: sa.Table, dialect: sa.Dialect) -> tuple[str, _Processors] | None:
+    """The INSERT of COLUMNS as the DBAPI's SQL and the columns' bind processors, when its parameters are
+    positional in COLUMNS order (SQLite, MySQL); None for named ones (psycopg)."""
+    compiled = sa.insert(table).compile(dialect=dialect, column_keys=list(COLUMNS))
+    if compiled.positiontup != list(COLUMNS):
+        return None
+    processors = []
+    for place, name in enumerate(COLUMNS):
+        processor = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+        if processor is not None:
+            processors.append((place, processor))
+    return str(compiled), tuple(processors)
+
+
+def _processed(row: tuple[Any, ...], processors: _Processors) -> tuple[Any, ...]:
+    values = list(row)
+    for place, processor in processors:
+        values[place] = processor(values[place])
+    return tuple(values)  # exec_driver_sql takes a list of tuples (or of dicts) as executemany
