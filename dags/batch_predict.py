@@ -15,6 +15,7 @@ from airflow.sdk import DAG, Param, TaskGroup, task
 
 from lifecycle.access import access_control
 from lifecycle.airflow_glue import (
+    collector_paused,
     connection_urls,
     default_args,
     fail_fast_on_bad_input,
@@ -148,5 +149,6 @@ def build(config: PipelineConfig) -> DAG:
     return dag
 
 
-for _config in load_all():
-    globals()[f"{_config.name}__batch_predict"] = build(_config)
+with collector_paused():  # hundreds of DAGs: see lifecycle.airflow_glue.collector_paused
+    for _config in load_all():
+        globals()[f"{_config.name}__batch_predict"] = build(_config)

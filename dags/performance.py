@@ -16,6 +16,7 @@ from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, T
 from lifecycle.access import access_control
 from lifecycle.airflow_glue import (
     as_of_from_events,
+    collector_paused,
     connection_urls,
     default_args,
     fail_fast_on_bad_input,
@@ -115,6 +116,7 @@ def build(config: PipelineConfig) -> DAG:
     return dag
 
 
-for _config in load_all():
-    if _config.labels is not None:
-        globals()[f"{_config.name}__performance"] = build(_config)
+with collector_paused():  # hundreds of DAGs: see lifecycle.airflow_glue.collector_paused
+    for _config in load_all():
+        if _config.labels is not None:
+            globals()[f"{_config.name}__performance"] = build(_config)

@@ -15,6 +15,7 @@ from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, T
 
 from lifecycle.access import access_control
 from lifecycle.airflow_glue import (
+    collector_paused,
     connection_urls,
     default_args,
     end_mlflow_run_on_failure,
@@ -212,5 +213,6 @@ def build(config: PipelineConfig) -> DAG:
     return dag
 
 
-for _config in load_all():
-    globals()[f"{_config.name}__retrain"] = build(_config)
+with collector_paused():  # hundreds of DAGs: see lifecycle.airflow_glue.collector_paused
+    for _config in load_all():
+        globals()[f"{_config.name}__retrain"] = build(_config)

@@ -16,7 +16,14 @@ from __future__ import annotations
 from airflow.sdk import DAG, Asset, Param, TaskGroup, task
 
 from lifecycle.access import access_control
-from lifecycle.airflow_glue import connection_urls, default_args, fail_fast_on_bad_input, run_date, sqlalchemy_url
+from lifecycle.airflow_glue import (
+    collector_paused,
+    connection_urls,
+    default_args,
+    fail_fast_on_bad_input,
+    run_date,
+    sqlalchemy_url,
+)
 from lifecycle.config import PipelineConfig, load_all
 
 
@@ -104,6 +111,7 @@ def build(config: PipelineConfig) -> DAG:
     return dag
 
 
-for _config in load_all():
-    if _config.serving.rollout.mode != "none":
-        globals()[f"{_config.name}__rollout"] = build(_config)
+with collector_paused():  # hundreds of DAGs: see lifecycle.airflow_glue.collector_paused
+    for _config in load_all():
+        if _config.serving.rollout.mode != "none":
+            globals()[f"{_config.name}__rollout"] = build(_config)

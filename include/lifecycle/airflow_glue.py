@@ -5,16 +5,36 @@ Light on purpose: DAG files import this at parse time, so it imports no pandas, 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
+import gc
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from lifecycle.config import PipelineConfig
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a DAG file builds one DAG per pipeline.
+
+    Why: with hundreds of pipelines the build allocates hundreds of thousands of objects that all stay alive,
+    and every full collection on the way walks all of them for nothing (about a tenth of the parse time with
+    200 pipelines, benchmarks/parse_time.py). The collector is switched back on, if it was on, even when a
+    build fails; nothing else changes.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def default_args(config: PipelineConfig) -> dict[str, Any]:
