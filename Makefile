@@ -76,6 +76,7 @@ bench: $(STAMP) ## Run the benchmark scripts and print their numbers
 	$(PY) benchmarks/grid_search.py
 	$(PY) benchmarks/write_speed.py
 	$(PY) benchmarks/scoring_memory.py
+	$(PY) benchmarks/batch_to_postgres.py
 	$(PY) benchmarks/models_page.py --check
 
 lock: ## Re-pin requirements*.txt from requirements*.in

@@ -92,8 +92,21 @@ def make_rows(
     return rows
 
 
-def chunked(rows: list[tuple[Any, ...]], size: int = CHUNK) -> Iterator[list[tuple[Any, ...]]]:
-    return chunks_of(rows, size)
+def as_arrow(chunk: list[tuple[Any, ...]]) -> Any:
+    """The chunk as batch prediction hands it over (lifecycle.scoring.prediction_rows): an Arrow table."""
+    import pyarrow as pa
+
+    text = pa.string()
+    schema = pa.schema([("pipeline", text), ("batch_key", pa.date32()), ("entity_id", text), ("score", pa.float64()),
+                        ("label", text), ("model_name", text), ("model_version", text), ("airflow_run_id", text),
+                        ("scored_at", pa.timestamp("us", tz="UTC"))])  # fmt: skip
+    return pa.table({name: [row[i] for row in chunk] for i, name in enumerate(COLUMNS)}, schema=schema)
+
+
+def chunked(rows: list[tuple[Any, ...]], size: int = CHUNK) -> Iterator[Any]:
+    """Every other chunk as Arrow (PostgreSQL: binary COPY), the others as tuples: every test writes both ways."""
+    for i, chunk in enumerate(chunks_of(rows, size)):
+        yield as_arrow(chunk) if i % 2 else chunk
 
 
 def failing_after(rows: list[tuple[Any, ...]], good_chunks: int = 2) -> Iterator[list[tuple[Any, ...]]]:
