@@ -4,7 +4,7 @@ The same N rows of the predictions table's shape (default 200,000) are written, 
 predictions table (same columns, unique key and index), by:
 
   PostgreSQL
-    project        lifecycle.predictions_db.write_batch: COPY into a temp staging table, then delete + insert
+    project        lifecycle.predictions_db.write_batch: delete + COPY straight into the table
                    under the batch's advisory lock, one transaction (the table starts empty)
     project-rerun  the same, replacing the batch already there (what a retried or re-run task does)
     raw-copy       psycopg COPY straight into the empty table, one transaction: the floor
