@@ -18,23 +18,59 @@ from lifecycle.metrics import SCORERS
 
 
 def available_cores() -> int:
-    """Cores this task may use: LIFECYCLE_SEARCH_JOBS, else joblib's count (which honours container quotas)."""
-    override = os.environ.get("LIFECYCLE_SEARCH_JOBS")
+    """Cores this worker may use: LIFECYCLE_WORKER_CORES (a share of a bigger host, a quota the process cannot
+    see), else joblib's count (which honours CPU affinity and container quotas)."""
+    override = os.environ.get("LIFECYCLE_WORKER_CORES")
     if override:
-        return max(1, int(override))
+        return _positive("LIFECYCLE_WORKER_CORES", override)
     import joblib
 
     return max(1, joblib.cpu_count(only_physical_cores=False))
 
 
-def thread_plan(cores: int | None = None) -> dict[str, int]:
-    """Parallelise the search across candidates and give each LightGBM one thread.
+def worker_slots() -> int:
+    """How many tasks this worker runs at once, all sharing its cores.
 
-    LightGBM with all cores inside a search that also uses all cores oversubscribes the machine
-    (7x slower measured on 2 cores); one level of parallelism at a time avoids it.
+    LIFECYCLE_WORKER_SLOTS when set; else, on a Celery worker (AIRFLOW__CORE__EXECUTOR names CeleryExecutor),
+    Airflow's own `[celery] worker_concurrency` as the environment gives it (AIRFLOW__CELERY__WORKER_CONCURRENCY,
+    how compose and `airflow celery worker` are configured), so a worker never needs a second setting; else 1:
+    the LocalExecutor and `airflow dags test` keep giving a task every core, as before. Read from the
+    environment the task inherits from its worker: this module imports no Airflow.
     """
+    override = os.environ.get("LIFECYCLE_WORKER_SLOTS")
+    if override:
+        return _positive("LIFECYCLE_WORKER_SLOTS", override)
+    concurrency = os.environ.get("AIRFLOW__CELERY__WORKER_CONCURRENCY")
+    if concurrency and "CeleryExecutor" in os.environ.get("AIRFLOW__CORE__EXECUTOR", ""):
+        return _positive("AIRFLOW__CELERY__WORKER_CONCURRENCY", concurrency)
+    return 1
+
+
+def _positive(name: str, value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise ValueError(f"environment variable {name}={value!r}: expected a whole number of at least 1")
+    return number
+
+
+def thread_plan(cores: int | None = None, slots: int | None = None) -> dict[str, int]:
+    """Threads for one search: the worker's cores shared by its task slots, one level of parallelism at a time.
+
+    LightGBM with all cores inside a search that also uses all cores oversubscribes the machine (7x slower
+    measured on 2 cores), and so do N concurrent searches on an N-slot worker that each take every core: so
+    each task gets max(1, cores // slots) and spends them across candidates, one LightGBM thread each.
+    Worker slots (Airflow's Celery worker_concurrency) rather than an Airflow pool: a pool is global, so it
+    cannot say how many tasks share one worker's cores. LIFECYCLE_SEARCH_JOBS, when set and no cores are
+    given, is this task's count outright. cores and slots default to available_cores() and worker_slots().
+    """
+    override = os.environ.get("LIFECYCLE_SEARCH_JOBS") if cores is None else None
     cores = cores or available_cores()
-    return {"search_jobs": cores, "lgbm_threads": 1}
+    slots = slots or worker_slots()
+    jobs = _positive("LIFECYCLE_SEARCH_JOBS", override) if override else max(1, cores // slots)
+    return {"search_jobs": jobs, "lgbm_threads": 1, "cores": cores, "slots": slots}
 
 
 def lightgbm_estimator(config: PipelineConfig, threads: int) -> Any:
