@@ -586,6 +586,16 @@ def test_workers_can_be_scaled() -> None:
     assert worker.get("command") == "celery worker"
 
 
+def test_workers_give_the_thread_plan_their_slots() -> None:
+    """thread_plan() divides a worker's cores by Airflow's [celery] worker_concurrency on a CeleryExecutor worker;
+    a LIFECYCLE_SEARCH_JOBS or LIFECYCLE_WORKER_SLOTS of its own would override that count."""
+    env = environment(services()["airflow-worker"])
+    assert "CeleryExecutor" in env.get("AIRFLOW__CORE__EXECUTOR", "")
+    slots = resolve(str(env.get("AIRFLOW__CELERY__WORKER_CONCURRENCY", "")))
+    assert slots.isdigit() and int(slots) >= 1, f"worker_concurrency {slots!r} is not a slot count"
+    assert not {"LIFECYCLE_SEARCH_JOBS", "LIFECYCLE_WORKER_SLOTS"} & set(env), "a fixed thread count on the workers"
+
+
 # ---------------------------------------------------------------- the serving service
 
 
