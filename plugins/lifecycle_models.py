@@ -2,7 +2,8 @@
 
 An Airflow 3 plugin: a FastAPI app mounted at /lifecycle on the api-server, and an external view that
 puts it in the navigation (the UI frames it at /plugin/models). The data and the HTML come from
-`lifecycle.models_page`; this file only does HTTP, authorisation and caching.
+`lifecycle.models_page` (its templates, and its static files served here under /lifecycle/static/); this file
+only does HTTP, authorisation and caching.
 
 Authorisation is Airflow's own: every route needs a signed-in user (the UI's session cookie or a Bearer
 token from /auth/token). A pipeline is shown to users who may read its `<pipeline>__retrain` DAG, and its
@@ -125,12 +126,16 @@ def create_app() -> Any:
     from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
     from fastapi import Depends, FastAPI, HTTPException, Request
     from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from fastapi.staticfiles import StaticFiles
     from pydantic import BaseModel, Field
 
     from lifecycle import access, models_page, storage
     from lifecycle.config import ConfigError
 
     app = FastAPI(title="Lifecycle models", docs_url=None, redoc_url=None, openapi_url=None)
+    # The page's CSS and script and the vendored Chart.js: the same for every user and holding no data, so
+    # served without a sign-in (with ETag and Last-Modified, for the browser to revalidate its copy).
+    app.mount("/static", StaticFiles(directory=models_page.STATIC, follow_symlink=False), name="static")
 
     def allowed(request: Request, user: Any, dag_id: str, method: str) -> bool:
         try:

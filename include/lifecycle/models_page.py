@@ -4,8 +4,9 @@ Reading is a handful of calls whatever the history's length: per pipeline one `g
 (the aliases), one `search_model_versions`, one `search_runs` for the retrain runs (plus one for versions
 whose runs fall outside that window), and five SQL queries (rows scored per batch, drift per feature per
 batch, the registry history, realised and estimated performance per batch, the newest rollout decisions).
-A table that does not exist yet is an empty section. Rendering is server-side HTML with inline SVG charts
-and no external resource.
+A table that does not exist yet is an empty section. Rendering is Jinja2 templates (autoescaped) under
+templates/models_page/, with the CSS, the JavaScript and Chart.js as static files under static/ (nothing
+from outside the api-server); the charts' data is JSON in the page, drawn in the browser.
 
 `plugins/lifecycle_models.py` serves this inside Airflow; the rollback there calls `rollback` here.
 """
@@ -13,10 +14,12 @@ and no external resource.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import html
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -761,10 +764,16 @@ def run_details(client: Any, experiment_name: str, mlflow_run_id: str) -> dict[s
 
 
 # ------------------------------------------------------------------------------------------- rendering
+#
+# The HTML is in templates/models_page/ (Jinja2, autoescaped), the CSS and JavaScript in
+# static/models_page/, and the charts are drawn in the browser by Chart.js (static/vendor/). What each
+# chart shows is decided here, as JSON-ready data: its points, their hover texts, its rules and legend.
 
+PACKAGE = Path(__file__).resolve().parent
+TEMPLATES = PACKAGE / "templates"
+STATIC = PACKAGE / "static"
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f",
            "#393b79", "#ad494a", "#637939"]  # fmt: skip
-WIDTH, HEIGHT, LEFT, RIGHT, TOP, BOTTOM = 920, 240, 56, 16, 14, 36
 
 
 def _e(value: Any) -> str:
@@ -775,122 +784,15 @@ def _fmt(value: float | None, digits: int = 4) -> str:
     return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
+def _signed(value: float | None, digits: int = 4) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{value:+.{digits}f}"
+
+
 def _when(value: str | int | None) -> str:
     if value is None:
         return "–"
     text = _iso(value) if isinstance(value, int) else value
     return text.replace("T", " ").replace("+00:00", " UTC")
-
-
-def _ticks(low: float, high: float, count: int = 5) -> list[float]:
-    if not (math.isfinite(low) and math.isfinite(high)) or high <= low:
-        return [low]
-    raw = (high - low) / count
-    magnitude = 10 ** math.floor(math.log10(raw))
-    step = min((m * magnitude for m in (1, 2, 2.5, 5, 10)), key=lambda s: abs(s - raw))
-    first = math.ceil(low / step) * step
-    return [round(first + i * step, 10) for i in range(int((high - first) / step + 1e-9) + 1)]
-
-
-class _Frame:
-    """Maps data to the SVG's pixels: x by index over n slots, y linear over [low, high]."""
-
-    def __init__(self, n: int, low: float, high: float):
-        if high <= low:
-            pad = abs(high) * 0.05 or 0.05
-            low, high = low - pad, high + pad
-        self.n, self.low, self.high = max(n, 1), low, high
-        self.w, self.h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
-
-    def x(self, i: float) -> float:
-        return LEFT + (i + 0.5) * self.w / self.n
-
-    def y(self, value: float) -> float:
-        return TOP + self.h * (1 - (value - self.low) / (self.high - self.low))
-
-    def axes(self, labels: list[tuple[int, str]], y_label: str) -> str:
-        parts = [
-            f'<line x1="{LEFT}" y1="{TOP + self.h}" x2="{LEFT + self.w}" y2="{TOP + self.h}" class="axis"/>',
-            f'<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{TOP + self.h}" class="axis"/>',
-            f'<text x="12" y="{TOP + self.h / 2}" class="lbl" transform="rotate(-90 12 {TOP + self.h / 2})" '
-            f'text-anchor="middle">{_e(y_label)}</text>',
-        ]
-        for tick in _ticks(self.low, self.high):
-            y = self.y(tick)
-            parts.append(f'<line x1="{LEFT}" y1="{y:.1f}" x2="{LEFT + self.w}" y2="{y:.1f}" class="grid"/>')
-            parts.append(f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" class="lbl">{tick:g}</text>')
-        for i, text in labels:
-            x, anchor = self.x(i), "middle"
-            if x + len(text) * 3.3 > WIDTH:  # a date under the last slot would be cut at the right edge
-                x, anchor = WIDTH - 2, "end"
-            parts.append(
-                f'<text x="{x:.1f}" y="{TOP + self.h + 16}" text-anchor="{anchor}" class="lbl">{_e(text)}</text>'
-            )
-        return "".join(parts)
-
-
-def _x_labels(names: list[str], most: int = 8) -> list[tuple[int, str]]:
-    if not names:
-        return []
-    step = max(1, math.ceil(len(names) / most))
-    chosen = list(range(0, len(names), step))
-    if chosen[-1] != len(names) - 1 and len(names) - 1 - chosen[-1] >= step / 2:
-        chosen.append(len(names) - 1)
-    return [(i, names[i]) for i in chosen]
-
-
-def _svg(body: str, label: str, chart_id: str, *, readout: bool = False) -> str:
-    """The chart; with `readout`, a line under it shows the <title> of what the pointer is on (no waiting)."""
-    extra = f' data-readout="{chart_id}-readout"' if readout else ""
-    svg = (
-        f'<svg id="{chart_id}" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{_e(label)}" '
-        f'preserveAspectRatio="xMinYMin meet"{extra}>{body}</svg>'
-    )
-    if readout:
-        svg += f'<div class="readout" id="{chart_id}-readout" aria-live="polite">Point at a mark for its value.</div>'
-    return svg
-
-
-def metric_chart(view: PipelineView) -> str:
-    """The primary holdout metric of each registered version, oldest to newest; the champion in gold."""
-    points = [v for v in reversed(view.versions) if v.primary is not None]
-    if not points:
-        return '<p class="empty">No registered version has holdout metrics yet.</p>'
-    values = [v.primary for v in points]
-    frame = _Frame(len(points), min(values), max(values))
-    pad = (frame.high - frame.low) * 0.1
-    frame = _Frame(len(points), frame.low - pad, frame.high + pad)
-    line = " ".join(f"{frame.x(i):.1f},{frame.y(v.primary):.1f}" for i, v in enumerate(points))
-    dots = "".join(
-        f'<circle cx="{frame.x(i):.1f}" cy="{frame.y(v.primary):.1f}" r="{6 if CHAMPION in v.aliases else 3.5}" '
-        f'class="{"champ" if CHAMPION in v.aliases else "ver"}"><title>version {v.version}: '
-        f"{view.primary_metric} {_fmt(v.primary)}{' (champion)' if CHAMPION in v.aliases else ''}</title></circle>"
-        for i, v in enumerate(points)
-    )
-    labels = _x_labels([f"v{v.version}" for v in points], 12)
-    body = frame.axes(labels, view.primary_metric) + f'<polyline points="{line}" class="metric"/>' + dots
-    return _svg(body, f"holdout {view.primary_metric} per model version", "chart-metric")
-
-
-def rows_chart(view: PipelineView) -> str:
-    batches = view.batches
-    if not batches:
-        return '<p class="empty">No batch has been scored yet.</p>'
-    top = max(b.rows for b in batches)
-    frame = _Frame(len(batches), 0, top * 1.05 or 1)
-    width = max(1.0, frame.w / len(batches) * 0.8)
-    bars = "".join(
-        f'<rect x="{frame.x(i) - width / 2:.1f}" y="{frame.y(b.rows):.1f}" width="{width:.1f}" '
-        f'height="{frame.y(0) - frame.y(b.rows):.1f}" class="bar"><title>{b.batch_key}: {b.rows} rows '
-        f"(model version {', '.join(b.model_versions)})</title></rect>"
-        for i, b in enumerate(batches)
-    )
-    body = frame.axes(_x_labels([b.batch_key for b in batches]), "rows scored") + bars
-    return _svg(body, "rows scored per batch", "chart-rows")
-
-
-def _signed(value: float | None, digits: int = 4) -> str:
-    return "–" if value is None or not math.isfinite(value) else f"{value:+.{digits}f}"
 
 
 def _interval(low: float | None, high: float | None, signed: bool = False) -> str:
@@ -908,37 +810,135 @@ def _past(series: PerformanceSeries, kind: str, value: float | None, reference: 
     return value < trigger if series.higher_is_better else value > trigger
 
 
+def _drop_text(series: PerformanceSeries) -> str:
+    sign = "−" if series.higher_is_better else "+"
+    return f"{sign} {series.max_drop:.0%}" if series.relative else f"{sign} {series.max_drop:g}"
+
+
 def _trigger_text(series: PerformanceSeries, version: str, reference: float) -> str:
     side = "below" if series.higher_is_better else "above"
-    sign = "−" if series.higher_is_better else "+"
-    how = f"{sign} {series.max_drop:.0%} of it" if series.relative else f"{sign} {series.max_drop:g}"
+    how = f"{_drop_text(series)} of it" if series.relative else _drop_text(series)
     return f"v{version} retrain trigger: {series.metric} {side} {_fmt(series.trigger(reference))} (holdout {_fmt(reference)} {how})"
 
 
-def _polylines(points: list[tuple[int, str | None]], css: str, title: str) -> str:
-    """Lines through (batch index, "x,y") where consecutive batches both have a value (None: no value)."""
-    parts, current, last = [], [], None
-    for i, xy in points:
-        if xy is None or (last is not None and i != last + 1):
-            if len(current) > 1:
-                parts.append(current)
-            current = []
-        if xy is not None:
-            current.append(xy)
+@dataclass
+class Chart:
+    """One chart: `data` is what models.js gives Chart.js (JSON), `legend` what the template lists under it.
+
+    data = {"kind": "line" | "bar", "x_labels": [...], "y_label": str, "y_min": float | None,
+    "datasets": [{"role", "label", "color", "points": [{"x", "y", "text", ...} ...]}]}; a point whose y
+    is None breaks the line. `role` names how models.js draws it (realised, estimated, trigger, ...).
+    """
+
+    id: str
+    label: str
+    data: dict[str, Any]
+    legend: list[dict[str, str]] = field(default_factory=list)
+    readout: bool = False  # a line under the chart repeats the hovered value (readable without a tooltip)
+
+
+def _data(kind: str, x_labels: list[str], y_label: str, datasets: list[dict], y_min: float | None = None) -> dict:
+    return {"kind": kind, "x_labels": x_labels, "y_label": y_label, "y_min": y_min, "datasets": datasets}
+
+
+def _rule(role: str, label: str, color: str | None, x1: float, x2: float, y: float, text: str) -> dict:
+    """A horizontal line from x1 to x2 (a reference, a trigger, a floor, a threshold)."""
+    points = [{"x": x1, "y": y, "text": text}, {"x": x2, "y": y, "text": text}]
+    return {"role": role, "label": label, "color": color, "points": points}
+
+
+def _joined(items: list[tuple[int, dict | None]]) -> list[dict]:
+    """Points by batch index, with a break (y None) where a batch has no value or batches are not consecutive."""
+    out: list[dict] = []
+    last = None
+    for i, point in items:
+        if out and out[-1]["y"] is not None and (point is None or i != last + 1):
+            out.append({"x": out[-1]["x"], "y": None})
+        if point is not None:
+            out.append(point)
         last = i
-    if len(current) > 1:
-        parts.append(current)
-    return "".join(
-        f'<polyline points="{" ".join(line)}" class="{css}"><title>{_e(title)}</title></polyline>' for line in parts
-    )
+    return out
 
 
-def performance_chart(view: PipelineView) -> str:
+def metric_chart(view: PipelineView) -> Chart | None:
+    """The primary holdout metric of each registered version, oldest to newest; the champion in gold."""
+    shown = [v for v in reversed(view.versions) if v.primary is not None]
+    if not shown:
+        return None
+    points = []
+    for i, v in enumerate(shown):
+        champion = CHAMPION in v.aliases
+        text = f"version {v.version}: {view.primary_metric} {_fmt(v.primary)}{' (champion)' if champion else ''}"
+        point = {"x": i, "y": v.primary, "text": text, "version": str(v.version)}
+        if champion:
+            point["champion"] = True
+        points.append(point)
+    dataset = {"role": "metric", "label": f"holdout {view.primary_metric}", "color": "#0f6ecd", "points": points}
+    data = _data("line", [f"v{v.version}" for v in shown], view.primary_metric, [dataset])
+    return Chart("chart-metric", f"holdout {view.primary_metric} per model version", data)
+
+
+def rows_chart(view: PipelineView) -> Chart | None:
+    """Rows scored per batch, one bar each."""
+    if not view.batches:
+        return None
+    points = [
+        {"x": i, "y": b.rows, "text": f"{b.batch_key}: {b.rows} rows (model version {', '.join(b.model_versions)})"}
+        for i, b in enumerate(view.batches)
+    ]
+    dataset = {"role": "bar", "label": "rows scored", "color": "#60a5fa", "points": points}
+    data = _data("bar", [b.batch_key for b in view.batches], "rows scored", [dataset], y_min=0)
+    return Chart("chart-rows", "rows scored per batch", data)
+
+
+def _performance_marks(
+    series: PerformanceSeries, own: list[PerformancePoint], version: str, color: str, index: dict, x: Any
+) -> list[dict]:
+    """One version's realised and estimated values (joined across consecutive batches) and their intervals."""
+    metric = series.metric
+    realised, estimated, realised_ci, estimated_ci = [], [], [], []
+    for p in own:
+        i, cx = index[p.batch_key], x(p)
+        mark = {"batch": p.batch_key, "version": version}
+        if p.estimated is None:
+            estimated.append((i, None))
+        else:
+            error = f"; error {_signed(p.estimate_error)} vs realised" if p.estimate_error is not None else ""
+            rows = f" from {p.batch_rows} scored rows" if p.batch_rows is not None else ""
+            text = (f"{p.batch_key} · v{version} · estimated {metric} {_fmt(p.estimated)}"
+                    f"{_interval(p.estimated_low, p.estimated_high)}{rows}{error}")  # fmt: skip
+            estimated.append((i, {"x": cx, "y": p.estimated, "text": text, **mark}))
+            if p.estimated_low is not None and p.estimated_high is not None:
+                estimated_ci += [
+                    {"x": cx, "y": p.estimated_low},
+                    {"x": cx, "y": p.estimated_high},
+                    {"x": cx, "y": None},
+                ]
+        if p.realised is None:
+            realised.append((i, None))
+        else:
+            labelled = f" on {p.labelled_rows} of {p.batch_rows} rows labelled" if p.labelled_rows is not None else ""
+            text = (f"{p.batch_key} · v{version} · realised {metric} {_fmt(p.realised)}"
+                    f"{_interval(p.realised_low, p.realised_high)}{labelled}")  # fmt: skip
+            realised.append((i, {"x": cx, "y": p.realised, "text": text, **mark}))
+            if p.realised_low is not None and p.realised_high is not None:
+                realised_ci += [{"x": cx, "y": p.realised_low}, {"x": cx, "y": p.realised_high}, {"x": cx, "y": None}]
+    return [
+        {"role": "realised", "label": f"v{version} realised {metric}", "color": color, "version": version,
+         "points": _joined(realised)},
+        {"role": "estimated", "label": f"v{version} estimated {metric}", "color": color, "version": version,
+         "points": _joined(estimated)},
+        {"role": "realised_ci", "label": f"v{version} realised CI", "color": color, "points": realised_ci},
+        {"role": "estimated_ci", "label": f"v{version} estimated CI", "color": color, "points": estimated_ci},
+    ]  # fmt: skip
+
+
+def performance_chart(view: PipelineView) -> Chart | None:
     """The primary metric per batch: realised (dots, CI whiskers, solid) and estimated (rings, dashed) per version,
     with each version's holdout reference and retrain trigger, and the gate's floor."""
     series = view.performance
     if series is None or not series.points:
-        return ""
+        return None
     batches = sorted({p.batch_key for p in series.points})
     index = {b: i for i, b in enumerate(batches)}
     versions = sorted({p.model_version for p in series.points}, key=_version_order)
@@ -947,332 +947,77 @@ def performance_chart(view: PipelineView) -> str:
     for point in series.points:
         in_batch.setdefault(point.batch_key, []).append(point.model_version)
     references = {p.model_version: p.reference for p in series.points if p.reference is not None}
-    found = [
-        v
-        for p in series.points
-        for v in (p.realised, p.realised_low, p.realised_high, p.estimated, p.estimated_low, p.estimated_high)
-        if v is not None
-    ]
-    found += [
-        v
-        for r in references.values()
-        for v in (r, series.trigger(r) if series.policy_enabled else None)
-        if v is not None
-    ]
-    if series.floor is not None:
-        found.append(series.floor)
-    frame = _Frame(len(batches), min(found), max(found))
-    pad = (frame.high - frame.low) * 0.08
-    frame = _Frame(len(batches), frame.low - pad, frame.high + pad)
-    slot = frame.w / len(batches)
     metric = series.metric
 
     def x(point: PerformancePoint) -> float:
+        """Versions scored on the same batch side by side around the batch's slot, not on top of each other."""
         present = in_batch[point.batch_key]
-        step = min(8.0, slot / (len(present) + 1))
-        return frame.x(index[point.batch_key]) + (present.index(point.model_version) - (len(present) - 1) / 2) * step
+        step = min(0.2, 1 / (len(present) + 1))
+        return round(index[point.batch_key] + (present.index(point.model_version) - (len(present) - 1) / 2) * step, 4)
 
-    parts = [frame.axes(_x_labels(batches), metric)]
-    lines, marks = [], []  # per version, in a group of its colour: every line under every mark
+    marks, rules = [], []  # marks first: Chart.js draws the first dataset on top
     for version in versions:
         own = [p for p in series.points if p.model_version == version]
-        lines.append(f'<g style="color:{colors[version]}">')
-        marks.append(f'<g style="color:{colors[version]}">')
-        first, last = index[own[0].batch_key], index[own[-1].batch_key]
-        x1, x2 = frame.x(first) - slot / 2, frame.x(last) + slot / 2
+        marks += _performance_marks(series, own, version, colors[version], index, x)
+        x1, x2 = index[own[0].batch_key] - 0.5, index[own[-1].batch_key] + 0.5
         reference = references.get(version)
-        if reference is not None:
-            y = frame.y(reference)
-            lines.append(
-                f'<line x1="{x1:.1f}" y1="{y:.1f}" x2="{x2:.1f}" y2="{y:.1f}" class="reference">'
-                f"<title>v{_e(version)} holdout {_e(metric)} {_fmt(reference)}</title></line>"
-            )
-            trigger = series.trigger(reference)
-            if series.policy_enabled and trigger is not None:
-                y = frame.y(trigger)
-                lines.append(
-                    f'<line x1="{x1:.1f}" y1="{y:.1f}" x2="{x2:.1f}" y2="{y:.1f}" class="trigger">'
-                    f"<title>{_e(_trigger_text(series, version, reference))}</title></line>"
-                )
-
-        def coords(value_of: Any, own: list[PerformancePoint] = own) -> list[tuple[int, str | None]]:
-            return [
-                (index[p.batch_key], None if (v := value_of(p)) is None else f"{x(p):.1f},{frame.y(v):.1f}")
-                for p in own
-            ]
-
-        lines.append(_polylines(coords(lambda p: p.estimated), "estimated", f"v{version} estimated {metric}"))
-        lines.append(_polylines(coords(lambda p: p.realised), "realised", f"v{version} realised {metric}") + "</g>")
-        for p in own:
-            cx = x(p)
-            if p.estimated is not None:
-                if p.estimated_low is not None and p.estimated_high is not None:
-                    marks.append(
-                        f'<line x1="{cx:.1f}" y1="{frame.y(p.estimated_low):.1f}" x2="{cx:.1f}" '
-                        f'y2="{frame.y(p.estimated_high):.1f}" class="ci est"/>'
-                    )
-                error = f"; error {_signed(p.estimate_error)} vs realised" if p.estimate_error is not None else ""
-                rows = f" from {p.batch_rows} scored rows" if p.batch_rows is not None else ""
-                marks.append(
-                    f'<circle cx="{cx:.1f}" cy="{frame.y(p.estimated):.1f}" r="3.5" '
-                    f'class="pt-estimated" data-batch="{_e(p.batch_key)}" data-version="{_e(version)}"><title>'
-                    f"{_e(p.batch_key)} · v{_e(version)} · estimated {_e(metric)} {_fmt(p.estimated)}"
-                    f"{_interval(p.estimated_low, p.estimated_high)}{rows}{error}</title></circle>"
-                )
-            if p.realised is not None:
-                if p.realised_low is not None and p.realised_high is not None:
-                    low, high = frame.y(p.realised_low), frame.y(p.realised_high)
-                    marks.append(
-                        f'<path d="M{cx:.1f} {low:.1f}V{high:.1f}M{cx - 3:.1f} {low:.1f}h6M{cx - 3:.1f} {high:.1f}h6" '
-                        'class="ci"/>'
-                    )
-                labelled = (
-                    f" on {p.labelled_rows} of {p.batch_rows} rows labelled" if p.labelled_rows is not None else ""
-                )
-                marks.append(
-                    f'<circle cx="{cx:.1f}" cy="{frame.y(p.realised):.1f}" r="4" '
-                    f'class="pt-realised" data-batch="{_e(p.batch_key)}" data-version="{_e(version)}"><title>'
-                    f"{_e(p.batch_key)} · v{_e(version)} · realised {_e(metric)} {_fmt(p.realised)}"
-                    f"{_interval(p.realised_low, p.realised_high)}{labelled}</title></circle>"
-                )
-        marks.append("</g>")
+        if reference is None:
+            continue
+        text = f"v{version} holdout {metric} {_fmt(reference)}"
+        rules.append(_rule("reference", f"v{version} holdout", colors[version], x1, x2, reference, text))
+        trigger = series.trigger(reference)
+        if series.policy_enabled and trigger is not None:
+            text = _trigger_text(series, version, reference)
+            rules.append(_rule("trigger", f"v{version} retrain trigger", None, x1, x2, trigger, text))
     if series.floor is not None:
-        y = frame.y(series.floor)
-        parts.append(
-            f'<line x1="{LEFT}" y1="{y:.1f}" x2="{LEFT + frame.w}" y2="{y:.1f}" class="threshold floor">'
-            f"<title>gate floor {_e(metric)} {series.floor:g}</title></line>"
-            f'<text x="{LEFT + frame.w - 4}" y="{y - 4:.1f}" text-anchor="end" class="lbl thr">'
-            f"gate floor {series.floor:g}</text>"
-        )
-    parts += lines + marks
-    keys = "".join(f'<span class="key"><i style="background:{colors[v]}"></i>v{_e(v)}</span>' for v in versions)
-    trigger = (
-        f'<span class="key"><i class="k-trigger"></i>retrain trigger (holdout {"−" if series.higher_is_better else "+"} '
-        f"{f'{series.max_drop:.0%}' if series.relative else f'{series.max_drop:g}'})</span>"
-        if series.policy_enabled
-        else '<span class="key muted">performance policy off</span>'
-    )
-    legend = (
-        f'{keys}<span class="key">● realised (whiskers: confidence interval)</span><span class="key">○ estimated '
-        f'(dashed, label-free)</span><span class="key"><i class="k-reference"></i>holdout reference</span>{trigger}'
-        f"{'<span class=key><i class=k-floor></i>gate floor</span>' if series.floor is not None else ''}"
-    )
+        text = f"gate floor {metric} {series.floor:g}"
+        rules.append(_rule("floor", f"gate floor {series.floor:g}", None, -0.5, len(batches) - 0.5, series.floor, text))
+
+    legend = [{"kind": "swatch", "color": colors[v], "text": f"v{v}"} for v in versions]
+    legend += [{"kind": "plain", "text": "● realised (whiskers: confidence interval)"},
+               {"kind": "plain", "text": "○ estimated (dashed, label-free)"},
+               {"kind": "reference", "text": "holdout reference"}]  # fmt: skip
+    if series.policy_enabled:
+        legend.append({"kind": "trigger", "text": f"retrain trigger (holdout {_drop_text(series)})"})
+    else:
+        legend.append({"kind": "muted", "text": "performance policy off"})
+    if series.floor is not None:
+        legend.append({"kind": "floor", "text": f"gate floor {series.floor:g}"})
+    data = _data("line", batches, metric, marks + rules)
     label = f"{metric} per batch: realised and estimated, per model version"
-    return _svg("".join(parts), label, "chart-performance", readout=True) + f'<div class="legend">{legend}</div>'
+    return Chart("chart-performance", label, data, legend, readout=True)
 
 
-def _performance_table(view: PipelineView, links: Links) -> str:
-    series = view.performance
-    if series is None or not series.points:
-        dag = f"{view.name}__performance"
-        return (
-            f'<p class="empty" id="performance-empty">No performance has been recorded yet: the '
-            f'<a data-top href="{_e(links.airflow_dag(dag))}"><code>{_e(dag)}</code></a> DAG fills it, the estimate '
-            "for every scored batch and the realised value as its labels arrive.</p>"
-        )
-    shown = series.points[::-1][:SHOWN_PERFORMANCE]
-    rows = []
-    for p in shown:
-        if p.realised is not None:
-            realised = f"<b>{_fmt(p.realised)}</b>{_interval(p.realised_low, p.realised_high)}"
-        else:
-            realised = '<span class="muted">awaiting labels</span>'
-        realised += (
-            f'<div class="muted">{"–" if p.labelled_rows is None else p.labelled_rows} / '
-            f"{'–' if p.batch_rows is None else p.batch_rows} rows labelled</div>"
-        )
-        if _past(series, "realised", p.realised, p.reference):
-            realised += '<div class="bad">past the retrain trigger</div>'
-        estimated = f"{_fmt(p.estimated)}{_interval(p.estimated_low, p.estimated_high)}"
-        if _past(series, "estimated", p.estimated, p.reference):
-            estimated += '<div class="bad">past the retrain trigger</div>'
-        rows.append(
-            f'<tr data-batch="{_e(p.batch_key)}" data-version="{_e(p.model_version)}"><td>{_e(p.batch_key)}</td>'
-            f"<td>v{_e(p.model_version)}</td><td>{realised}</td><td>{estimated}</td>"
-            f"<td>{_signed(p.estimate_error)}</td><td>{_fmt(p.reference)}</td></tr>"
-        )
-    more = (
-        f'<p class="muted">Showing the newest {len(shown)} of {len(series.points)} batches and versions.</p>'
-        if len(series.points) > len(shown)
-        else ""
-    )
-    metric = _e(series.metric)
-    return (
-        f'<table id="performance"><tr><th>batch</th><th>version</th><th>realised {metric} [CI]</th>'
-        f"<th>estimated {metric}</th><th>estimate error</th><th>holdout {metric}</th></tr>{''.join(rows)}</table>{more}"
-    )
-
-
-def _arm(label: str, value: float | None, low: float | None, high: float | None) -> str:
-    return f"<div>{label} <b>{_fmt(value)}</b>{_interval(low, high)}</div>"
-
-
-def _decisions_table(view: PipelineView, links: Links) -> str:
-    dag = f"{view.name}__rollout"
-    if not view.decisions:
-        mode = " (serving.rollout.mode is <code>none</code>: no test is running)" if view.rollout_mode == "none" else ""
-        return (
-            f'<p class="empty" id="decisions-empty">No rollout decision yet: the <a data-top '
-            f'href="{_e(links.airflow_dag(dag))}"><code>{_e(dag)}</code></a> DAG records one a day while a shadow, '
-            f"canary or A/B test runs{mode}.</p>"
-        )
-    rows = []
-    for d in view.decisions:
-        run = (
-            f' <a data-top href="{_e(links.airflow_run(dag, d.airflow_run_id))}">Airflow run</a>'
-            if d.airflow_run_id
-            else ""
-        )
-        rows.append(
-            f'<tr data-day="{_e(d.decided_on)}"><td>{_e(d.decided_on)}</td><td>{_e(d.mode)}</td>'
-            f"<td>champion v{_e(d.champion_version)}<br>challenger v{_e(d.challenger_version)}</td>"
-            f"<td>{d.champion_rows}<br>{d.challenger_rows}</td>"
-            f'<td><span class="muted">{_e(d.metric)}</span>'
-            f"{_arm('champion', d.champion_value, d.champion_ci_low, d.champion_ci_high)}"
-            f"{_arm('challenger', d.challenger_value, d.challenger_ci_low, d.challenger_ci_high)}</td>"
-            f"<td><b>{_signed(d.difference)}</b>{_interval(d.difference_ci_low, d.difference_ci_high, signed=True)}</td>"
-            f"<td>{'paired' if d.paired else 'unpaired'}</td>"
-            f'<td><span class="verdict v-{_e(d.decision)}">{_e(d.decision)}</span></td><td>{_e(d.reason)}{run}</td></tr>'
-        )  # fmt: skip
-    return (
-        '<table id="decisions"><tr><th>day</th><th>mode</th><th>versions</th><th>labelled rows</th>'
-        "<th>metric per arm [CI]</th><th>challenger − champion [CI]</th><th>paired</th><th>decision</th><th>reason</th>"
-        f"</tr>{''.join(rows)}</table>"
-    )
-
-
-def drift_chart(series: DriftSeries | None, chart_id: str, label: str) -> str:
+def drift_chart(series: DriftSeries | None, chart_id: str, label: str) -> Chart | None:
+    """One line per feature over the batches, the drifted batches marked, and the configured threshold."""
     if series is None or not series.batches:
-        return '<p class="empty">No drift check has run yet.</p>'
-    found = [v for line in series.values.values() for v in line if v is not None]
-    top = max([*found, series.threshold or 0.0, 1e-6])
-    frame = _Frame(len(series.batches), 0, top * 1.1)
-    parts = [frame.axes(_x_labels(series.batches), label)]
-    if series.threshold is not None:
-        y = frame.y(series.threshold)
-        parts.append(
-            f'<line x1="{LEFT}" y1="{y:.1f}" x2="{LEFT + frame.w}" y2="{y:.1f}" class="threshold">'
-            f"<title>threshold {series.threshold:g}</title></line>"
-            f'<text x="{LEFT + frame.w - 4}" y="{y - 4:.1f}" text-anchor="end" class="lbl thr">'
-            f"threshold {series.threshold:g}</text>"
-        )
-    legend = []
+        return None
+    marked = series.threshold is not None and sum(series.drifted.values()) <= MAX_MARKERS
+    datasets, legend = [], []
     for n, (feature, line) in enumerate(sorted(series.values.items())):
         color = PALETTE[n % len(PALETTE)]
-        segments, current = [], []
+        flags = series.flagged.get(feature) or [False] * len(line)
+        points = []
         for i, value in enumerate(line):
             if value is None:
-                if current:
-                    segments.append(current)
-                current = []
-            else:
-                current.append(f"{frame.x(i):.1f},{frame.y(value):.1f}")
-        if current:
-            segments.append(current)
-        for segment in segments:
-            if len(segment) == 1:
-                x, y = segment[0].split(",")
-                parts.append(f'<circle cx="{x}" cy="{y}" r="2.5" fill="{color}"><title>{_e(feature)}</title></circle>')
-            else:
-                parts.append(
-                    f'<polyline points="{" ".join(segment)}" fill="none" stroke="{color}" stroke-width="1.6">'
-                    f"<title>{_e(feature)}</title></polyline>"
-                )
-        if series.threshold is not None and sum(series.drifted.values()) <= MAX_MARKERS:
-            for i, value in enumerate(line):
-                if value is not None and series.flagged.get(feature, [False] * len(line))[i]:
-                    parts.append(
-                        f'<circle cx="{frame.x(i):.1f}" cy="{frame.y(value):.1f}" r="3" fill="{color}">'
-                        f"<title>{_e(feature)} {series.batches[i]}: {value:.3f}</title></circle>"
-                    )
+                points.append({"x": i, "y": None})
+                continue
+            point = {"x": i, "y": value, "text": f"{feature} {series.batches[i]}: {value:.3f}"}
+            if marked and flags[i]:
+                point["text"] += " (drifted)"
+                point["r"] = 3
+            elif (i == 0 or line[i - 1] is None) and (i == len(line) - 1 or line[i + 1] is None):
+                point["r"] = 2.5  # a value with no neighbour to join: a dot, or it would not show
+            points.append(point)
+        datasets.append({"role": "feature", "label": feature, "color": color, "points": points})
         drifted = series.drifted.get(feature, 0)
         legend.append(
-            f'<span class="key"><i style="background:{color}"></i>{_e(feature)}'
-            f"{f' <b>({drifted} over)</b>' if drifted else ''}</span>"
+            {"kind": "swatch", "color": color, "text": feature, "strong": f"({drifted} over)" if drifted else ""}
         )
-    return _svg("".join(parts), label, chart_id) + f'<div class="legend">{"".join(legend)}</div>'
-
-
-STYLE = """
-:root{--fg:#1a202c;--muted:#64748b;--line:#e2e8f0;--accent:#0f6ecd;--ok:#15803d;--bad:#b91c1c;--warn:#b45309}
-*{box-sizing:border-box}body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--fg);
-margin:0;padding:16px 20px;background:#fff}h1{font-size:20px;margin:0 0 4px}h2{font-size:16px;margin:22px 0 8px}
-h3{font-size:14px;margin:14px 0 6px}a{color:var(--accent)}.muted,.empty{color:var(--muted)}
-.nav a{margin-right:12px}.nav a.on{font-weight:600;text-decoration:none;color:var(--fg)}
-.cards{display:flex;flex-wrap:wrap;gap:12px}.card{border:1px solid var(--line);border-radius:8px;padding:12px 14px;
-min-width:240px;flex:1}.big{font-size:26px;font-weight:600}table{border-collapse:collapse;width:100%;font-size:13px}
-th,td{text-align:left;padding:5px 8px;border-bottom:1px solid var(--line);vertical-align:top}th{color:var(--muted);
-font-weight:600}tr.champion td{background:#fffbea}.verdict{font-weight:600}.v-promote{color:var(--ok)}
-.v-reject{color:var(--bad)}.v-dry_run,.v-running{color:var(--warn)}code{font-size:12px}
-svg{width:100%;max-width:920px;height:auto;display:block}.axis{stroke:#94a3b8}.grid{stroke:#f1f5f9}
-.lbl{font-size:11px;fill:#64748b}.thr{fill:#b91c1c}.threshold{stroke:#b91c1c;stroke-dasharray:6 4;stroke-width:1.5}
-.metric{fill:none;stroke:#0f6ecd;stroke-width:2}.ver{fill:#0f6ecd}.champ{fill:#eab308;stroke:#854d0e;stroke-width:1.5}
-.bar{fill:#60a5fa}.legend{font-size:12px;margin:2px 0 0 56px}.key{margin-right:14px;white-space:nowrap}
-.key i{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:4px}
-.errors{background:#fef2f2;border:1px solid #fecaca;padding:8px 12px;border-radius:6px;color:var(--bad)}
-form.rollback{display:flex;gap:8px;align-items:center;flex-wrap:wrap;margin-top:8px}
-button{background:#b91c1c;color:#fff;border:0;border-radius:6px;padding:6px 12px;cursor:pointer}
-input,select{padding:5px;border:1px solid #cbd5e1;border-radius:6px}.reason{max-width:420px}
-#rollback-status{font-weight:600}td.links{white-space:nowrap}.bad{color:var(--bad)}
-.v-abort{color:var(--bad)}.v-extend{color:var(--warn)}.reference,.ci,.realised,.estimated,.pt-estimated{stroke:currentColor}
-.realised,.estimated{fill:none}.pt-realised{fill:currentColor}.realised{stroke-width:1.6}
-.estimated{stroke-width:1.4;stroke-dasharray:5 4}.pt-estimated{fill:#fff;stroke-width:1.6}.ci{stroke-width:1.2;fill:none}
-.ci.est{stroke-opacity:.35;stroke-width:3}.reference{stroke-width:1;stroke-dasharray:1 3;stroke-opacity:.9}
-.trigger{stroke:#b45309;stroke-width:1.2;stroke-dasharray:4 3}
-.k-reference,.k-trigger,.k-floor{height:0!important;border-top:2px dotted #64748b;border-radius:0!important}
-.k-trigger{border-top:2px dashed #b45309}.k-floor{border-top:2px dashed #b91c1c}
-.readout{font-size:12px;color:var(--fg);margin:2px 0 0 56px;min-height:1.4em}
-[data-readout] circle{cursor:crosshair}
-"""
-
-SCRIPT = """
-(function () {
-  var inFrame = window.top !== window;
-  function topWindow() { try { return inFrame ? window.top : window; } catch (e) { return window; } }
-  // The Airflow UI frames this page in a sandbox without top navigation and without dialogs of its own:
-  // links to Airflow pages open in the top window, and the confirmation is asked by the top window.
-  document.addEventListener('click', function (event) {
-    var link = event.target.closest('a[data-top]');
-    if (!link || !inFrame) return;
-    event.preventDefault();
-    try {
-      var doc = window.top.document, a = doc.createElement('a');
-      a.href = link.href; doc.body.appendChild(a); a.click(); a.remove();
-    } catch (e) { window.location.href = link.href; }
-  });
-  // A chart with a readout shows the <title> of the mark under the pointer at once (the browser's own
-  // tooltip waits and cannot be read without a mouse).
-  document.querySelectorAll('svg[data-readout]').forEach(function (svg) {
-    var out = document.getElementById(svg.dataset.readout);
-    svg.addEventListener('mouseover', function (event) {
-      var title = event.target !== svg && event.target.querySelector && event.target.querySelector(':scope > title');
-      if (title && out) out.textContent = title.textContent;
-    });
-  });
-  document.querySelectorAll('form.rollback').forEach(function (form) {
-    form.addEventListener('submit', function (event) {
-      event.preventDefault();
-      var status = document.getElementById('rollback-status');
-      var version = form.elements.version.value, current = form.dataset.current;
-      var question = 'Move the champion alias of ' + form.dataset.model + ' from version ' + current +
-        ' to version ' + version + '? Batch predictions will use version ' + version + ' from their next run.';
-      if (!topWindow().confirm(question)) { status.textContent = 'Rollback cancelled.'; return; }
-      status.textContent = 'Rolling back...';
-      fetch(form.action, {
-        method: 'POST', credentials: 'same-origin',
-        headers: {'Content-Type': 'application/json', 'X-Lifecycle-Action': 'rollback'},
-        body: JSON.stringify({version: version, expected_current: current, reason: form.elements.reason.value})
-      }).then(function (response) {
-        return response.json().catch(function () { return {}; }).then(function (body) {
-          if (!response.ok) throw new Error(body.detail || ('HTTP ' + response.status));
-          status.textContent = 'Champion is now version ' + body.champion + '.';
-          window.location.reload();
-        });
-      }).catch(function (err) { status.textContent = 'Rollback failed: ' + err.message; });
-    });
-  });
-})();
-"""
+    if series.threshold is not None:
+        text = f"threshold {series.threshold:g}"
+        datasets.append(_rule("threshold", text, None, -0.5, len(series.batches) - 0.5, series.threshold, text))
+    return Chart(chart_id, label, _data("line", series.batches, label, datasets, y_min=0), legend)
 
 
 @dataclass
@@ -1310,209 +1055,50 @@ class Links:
         return f"{self.app}/?pipeline={quote(pipeline, safe='')}"
 
 
-def _verdict(run: RetrainRun) -> str:
-    if run.verdict:
-        return f'<span class="verdict v-{_e(run.verdict)}">{_e(run.verdict)}</span>'
-    if run.status == "RUNNING":
-        return '<span class="verdict v-running">running</span>'
-    return f'<span class="muted">{_e(run.status.lower())}</span>'
+# The static files by URL relative to the page that links them: the page is served at <app>/ (the Airflow
+# UI frames "lifecycle/", and <app> without the slash redirects to it), a run at <app>/pipelines/<p>/mlflow/<id>.
+PAGE_STATIC = "static"
+RUN_STATIC = "../../../static"
 
 
-def _trigger_cell(run: RetrainRun) -> str:
-    parts = [f"<div>reason: <b>{_e(run.reason)}</b></div>"]
-    details = [f"window {_e(run.window_days)} d" if run.window_days is not None else "", _e(run.search or "")]
-    parts.append(f'<div class="muted">{" · ".join(d for d in details if d)}</div>')
-    if not run.grid_is_default:
-        parts.append(f"<div>grid: <code>{_e(json.dumps(run.grid, sort_keys=True))}</code></div>")
-    if run.triggered_by:
-        parts.append('<div class="muted">requested by the drift policy</div>')
-    return "".join(parts)
+@functools.cache
+def environment() -> Any:
+    """The Jinja2 environment: autoescaped HTML, and an undefined name is an error, not an empty string."""
+    import jinja2
 
-
-def _champion_card(view: PipelineView, links: Links) -> str:
-    champion = view.champion
-    if champion is None:
-        return '<div class="card"><h3>Champion</h3><p class="empty">No champion yet.</p></div>'
-    metric = champion.holdout.get(view.primary_metric)
-    holdout = ", ".join(f"{k} {_fmt(v)}" for k, v in champion.holdout.items()) or "–"
-    run = ""
-    if champion.airflow_run_id:
-        run = (
-            f' · <a data-top href="{_e(links.airflow_run(view.retrain_dag_id, champion.airflow_run_id))}">'
-            "Airflow run</a>"
-        )
-    if champion.mlflow_run_id:
-        run += f' · <a href="{_e(links.mlflow_run(view.name, champion.mlflow_run_id))}">MLflow run</a>'
-    by = f" by {_e(champion.by)}" if champion.by else ""
-    return f"""<div class="card" id="champion"><h3>Champion</h3>
-<div class="big">version <span id="champion-version">{champion.version}</span></div>
-<div>{_e(view.primary_metric)} on holdout: <b>{_fmt(metric)}</b></div>
-<div>{"rolled back" if champion.how == "rollback" else "promoted"} {_e(_when(champion.promoted_at))}{by}</div>
-<div class="muted">why: {_e(champion.why)}</div>
-<div class="muted">holdout: {_e(holdout)}</div><div>models:/{_e(view.model_name)}@champion{run}</div></div>"""
-
-
-def _reports_card(view: PipelineView, links: Links) -> str:
-    items = []
-    if view.latest_evaluation_run:
-        items.append(
-            f'<li><a id="latest-evaluation" href="{_e(links.evaluation(view.name, view.latest_evaluation_run))}">'
-            f"Latest evaluation report</a> <span class=muted>({_e(view.latest_evaluation_run)})</span></li>"
-        )
-    if view.latest_drift:
-        items.append(
-            f'<li><a id="latest-drift" href="{_e(links.drift(view.name, view.latest_drift["airflow_run_id"]))}">'
-            f"Latest drift report</a> <span class=muted>(batch {_e(view.latest_drift['batch_key'])})</span></li>"
-        )
-    listed = "".join(items) or '<li class="empty">No report yet.</li>'
-    dags = " · ".join(
-        f'<a data-top href="{_e(links.airflow_dag(f"{view.name}__{kind}"))}">{kind}</a>'
-        for kind in ("retrain", "batch_predict", "drift_check")
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        autoescape=jinja2.select_autoescape(["html"], default_for_string=True, default=True),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        auto_reload=False,  # templates change with a deploy, which restarts the api-server
     )
-    return f'<div class="card"><h3>Reports</h3><ul>{listed}</ul><div class="muted">DAGs: {dags}</div></div>'
+    env.policies["json.dumps_kwargs"] = {"sort_keys": False, "separators": (",", ":")}
+    env.filters |= {"fmt": _fmt, "signed": _signed, "when": _when}
+    env.tests["champion"] = lambda version: CHAMPION in version.aliases
+    env.globals |= {"interval": _interval, "past": _past, "CHAMPION": CHAMPION, "SHOWN_RUNS": SHOWN_RUNS,
+                    "SHOWN_PERFORMANCE": SHOWN_PERFORMANCE, "dumps": json.dumps}  # fmt: skip
+    return env
 
 
-def _rollback_form(view: PipelineView, links: Links, can_rollback: bool) -> str:
-    if view.champion is None:
-        return ""
-    earlier = [v for v in view.versions if CHAMPION not in v.aliases]
-    if not earlier:
-        return '<p class="muted">Rollback: there is no other version to roll back to.</p>'
-    if not can_rollback:
-        return (
-            '<p class="muted">Rollback needs permission to edit this pipeline\'s retrain DAG and, when its YAML '
-            "names <code>access.rollbackers</code>, one of those roles.</p>"
-        )
-    options = "".join(
-        f'<option value="{v.version}">version {v.version} · {_e(view.primary_metric)} {_fmt(v.primary)} · '
-        f"{_e(_when(v.created_ms))}</option>"
-        for v in earlier
-    )
-    return f"""<form class="rollback" id="rollback-form" action="{_e(links.rollback(view.name))}" method="post"
- data-model="{_e(view.model_name)}" data-current="{view.champion.version}">
-<label>Move the champion to <select name="version" id="rollback-version">{options}</select></label>
-<input class="reason" name="reason" placeholder="reason (recorded on the version)" maxlength="500">
-<button type="submit" id="rollback-button">Roll back</button><span id="rollback-status"></span></form>"""
-
-
-def _versions_table(view: PipelineView, links: Links) -> str:
-    if not view.versions:
-        return '<p class="empty">No registered version yet.</p>'
-    rows = []
-    for v in view.versions:
-        rollback = ""
-        if v.rollback_at:
-            rollback = f"to this by {_e(v.rollback_by)} at {_e(_when(v.rollback_at))}"
-            if v.rollback_reason:
-                rollback += f": {_e(v.rollback_reason)}"
-        run = (
-            f'<a data-top href="{_e(links.airflow_run(view.retrain_dag_id, v.airflow_run_id))}">Airflow</a>'
-            if v.airflow_run_id
-            else ""
-        )
-        if v.mlflow_run_id:
-            run += f' <a href="{_e(links.mlflow_run(view.name, v.mlflow_run_id))}">MLflow</a>'
-        rows.append(
-            f'<tr class="{"champion" if CHAMPION in v.aliases else ""}"><td>v{v.version}</td>'
-            f"<td>{_e(', '.join(v.aliases))}</td><td>{_e(v.family or '')}</td><td>{_e(_when(v.created_ms))}</td>"
-            f"<td>{_fmt(v.primary)}</td>"
-            f"<td>{_e(v.gate_reason)}</td><td>{rollback}</td><td>{run}</td></tr>"
-        )
-    return (
-        f'<table id="versions"><tr><th>version</th><th>alias</th><th>family</th><th>registered</th><th>{_e(view.primary_metric)}</th>'
-        f"<th>gate reason</th><th>rollback</th><th>runs</th></tr>{''.join(rows)}</table>"
-    )
-
-
-def _history_table(view: PipelineView, links: Links) -> str:
-    if not view.history:
-        return '<p class="empty">No alias move recorded yet.</p>'
-    rows = []
-    for move in view.history:
-        run = (
-            f' <a data-top href="{_e(links.airflow_run(view.retrain_dag_id, move.airflow_run_id))}">Airflow run</a>'
-            if move.airflow_run_id
-            else ""
-        )
-        came = f"from v{_e(move.previous_version)}" if move.previous_version else "first champion"
-        rows.append(
-            f'<tr class="{"champion" if move.until is None else ""}"><td>v{_e(move.version)}</td>'
-            f"<td>{_e(_when(move.since))}</td><td>{_e(_when(move.until)) if move.until else 'now'}</td>"
-            f"<td>{_e(move.how)}</td><td>{_e(move.moved_by)}</td><td>{came}</td><td>{_e(move.reason)}{run}</td></tr>"
-        )
-    return (
-        '<table id="alias-history"><tr><th>champion</th><th>from</th><th>until</th><th>how</th><th>by</th>'
-        f"<th>replaced</th><th>why</th></tr>{''.join(rows)}</table>"
-    )
-
-
-def _mlflow_ui_link(links: Links, run: RetrainRun) -> str:
-    url = links.mlflow_ui_run(run.experiment_id, run.mlflow_run_id)
-    return f' <a data-top href="{_e(url)}">(UI)</a>' if url else ""
-
-
-def _runs_table(view: PipelineView, links: Links) -> str:
-    if not view.runs:
-        return '<p class="empty">No retrain run yet.</p>'
-    rows = []
-    for run in view.runs[:SHOWN_RUNS]:
-        report = f' <a href="{_e(links.evaluation(view.name, run.airflow_run_id))}">report</a>' if run.verdict else ""
-        rows.append(
-            f'<tr data-run-id="{_e(run.airflow_run_id)}"><td>{_e(_when(run.started_ms))}</td><td>{_e(run.as_of or "–")}</td>'
-            f"<td>{_trigger_cell(run)}</td><td>{_verdict(run)}</td><td>{_e(run.gate_reason)}</td>"
-            f"<td>{_fmt(run.primary)}<div class=muted>baseline {_fmt(run.baseline_primary)}"
-            f"{f' · champion {_fmt(run.champion_primary)}' if run.champion_primary is not None else ''}</div></td>"
-            f"<td>{f'v{run.registered_version}' if run.registered_version else '–'}</td>"
-            f'<td class="links"><a data-top href="{_e(links.airflow_run(run.dag_id or view.retrain_dag_id, run.airflow_run_id))}">'
-            f'Airflow run</a><br><a href="{_e(links.mlflow_run(view.name, run.mlflow_run_id))}">MLflow run</a>'
-            f"{_mlflow_ui_link(links, run)}{report}</td></tr>"
-        )
-    more = (
-        f'<p class="muted">Showing the newest {SHOWN_RUNS} of {len(view.runs)} runs.</p>'
-        if len(view.runs) > SHOWN_RUNS
-        else ""
-    )
-    return (
-        f'<table id="runs"><tr><th>started</th><th>as of</th><th>trigger</th><th>verdict</th><th>reason</th>'
-        f"<th>holdout {_e(view.primary_metric)}</th><th>version</th><th>links</th></tr>{''.join(rows)}</table>{more}"
-    )
+def _charts(view: PipelineView) -> dict[str, Chart | None]:
+    return {
+        "metric": metric_chart(view),
+        "performance": performance_chart(view),
+        "rows": rows_chart(view),
+        "psi": drift_chart(view.psi, "chart-psi", "PSI"),
+        "js": drift_chart(view.js, "chart-js", "JS distance"),
+    }
 
 
 def render_pipeline(view: PipelineView, links: Links, *, can_rollback: bool) -> str:
-    errors = "".join(f"<div>{_e(e)}</div>" for e in view.errors)
-    direction = "higher" if view.higher_is_better else "lower"
-    return f"""<section class="pipeline" id="pipeline-{_e(view.name)}">
-<h1>{_e(view.name)} <span class="muted">· model {_e(view.model_name)}</span></h1>
-{f'<div class="errors">{errors}</div>' if errors else ""}
-<div class="cards">{_champion_card(view, links)}{_reports_card(view, links)}</div>
-{_rollback_form(view, links, can_rollback)}
-<h2>{_e(view.primary_metric)} on holdout per model version <span class="muted">({direction} is better)</span></h2>
-{metric_chart(view)}
-<h2>Performance over time: {_e(view.primary_metric)} per batch <span class="muted">(realised once labels arrive,
-estimated before; {direction} is better)</span></h2>
-{performance_chart(view)}
-{_performance_table(view, links)}
-<h2>Challengers: every retrain run</h2>
-{_runs_table(view, links)}
-<h2>Rollout decisions <span class="muted">(a challenger on live traffic against the champion)</span></h2>
-{_decisions_table(view, links)}
-<h2>Rows scored per batch</h2>
-{rows_chart(view)}
-<h2>Drift per feature over batches: PSI (numeric features and predictions)</h2>
-{drift_chart(view.psi, "chart-psi", "PSI")}
-<h2>Drift per feature over batches: Jensen–Shannon distance (categorical features)</h2>
-{drift_chart(view.js, "chart-js", "JS distance")}
-<h2>Champion history <span class="muted">(every move of models:/{_e(view.model_name)}@champion)</span></h2>
-{_history_table(view, links)}
-<h2>Registered versions</h2>
-{_versions_table(view, links)}
-</section>"""
-
-
-def document(title: str, body: str) -> str:
-    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>
-<body>{body}<script>{SCRIPT}</script></body></html>"""
+    """One pipeline's section of the page."""
+    return (
+        environment()
+        .get_template("models_page/pipeline.html")
+        .render(view=view, links=links, can_rollback=can_rollback, charts=_charts(view))
+    )
 
 
 def render_page(
@@ -1525,30 +1111,20 @@ def render_page(
     seconds: float | None = None,
 ) -> str:
     """The whole page: a pipeline switcher over the pipelines the user may read, and the chosen ones."""
-    shown = {v.name for v in views}
-    nav = " ".join(
-        f'<a class="{"on" if n in shown else ""}" href="{_e(links.page(n))}">{_e(n)}</a>' for n in names
+    sections = [(v, _charts(v), can_rollback.get(v.name, False)) for v in views]
+    return environment().get_template("models_page/page.html").render(
+        names=names, shown={v.name for v in views}, sections=sections, links=links, user=user, seconds=seconds,
+        static=PAGE_STATIC,
     )  # fmt: skip
-    sections = "".join(render_pipeline(v, links, can_rollback=can_rollback.get(v.name, False)) for v in views)
-    if not names:
-        sections = '<p class="empty">No pipeline you may read.</p>'
-    footer = f'<p class="muted">Signed in as {_e(user)}.' if user else '<p class="muted">'
-    if seconds is not None:
-        footer += f" Rendered in {seconds * 1000:.0f} ms."
-    return document("Models", f'<div class="nav">Pipelines: {nav}</div>{sections}{footer}</p>')
 
 
 def render_run(details: dict[str, Any], pipeline: str, links: Links) -> str:
-    def table(items: dict[str, Any]) -> str:
-        rows = "".join(f"<tr><td><code>{_e(k)}</code></td><td>{_e(v)}</td></tr>" for k, v in items.items())
-        return f"<table>{rows}</table>" if rows else '<p class="empty">none</p>'
-
+    """One MLflow run's tags, metrics and params, for a link from the page (no MLflow UI needed)."""
     info = {k: details[k] for k in ("run_id", "run_name", "status", "started", "ended", "experiment", "artifact_uri")}
-    return document(
-        f"MLflow run {details['run_id']}",
-        f"""<p><a href="{_e(links.page(pipeline))}">&larr; Models</a></p><h1>MLflow run {_e(details["run_id"])}</h1>
-{table(info)}<h2>Tags</h2>{table(details["tags"])}<h2>Metrics</h2>{table(details["metrics"])}
-<h2>Params</h2>{table(details["params"])}""",
+    return (
+        environment()
+        .get_template("models_page/run.html")
+        .render(details=details, info=info, pipeline=pipeline, links=links, static=RUN_STATIC)
     )
 
 

@@ -309,6 +309,18 @@ def test_an_unreadable_store_is_shown_as_an_error_not_a_crash(make_config, tmp_p
     )
 
 
+def _chart(page: str, chart_id: str) -> dict:
+    """The data a chart's canvas draws, as the page embeds it (JSON in a script element of its own)."""
+    assert re.search(rf'<canvas id="{chart_id}"[^>]* data-chart="{chart_id}-data"', page), chart_id
+    found = re.search(rf'<script type="application/json" id="{chart_id}-data">(.*?)</script>', page, re.S)
+    assert found, chart_id
+    return json.loads(found.group(1))
+
+
+def _points(data: dict, role: str) -> list[dict]:
+    return [p for d in data["datasets"] if d["role"] == role for p in d["points"] if p["y"] is not None]
+
+
 def test_the_page_shows_runs_links_charts_and_escapes_what_it_shows(demo):
     view = models_page.pipeline_view(demo["config"], demo["client"], demo["engine"])
     links = models_page.Links(app="/base/lifecycle", airflow="/base")
@@ -317,7 +329,7 @@ def test_the_page_shows_runs_links_charts_and_escapes_what_it_shows(demo):
     )
 
     assert '<span id="champion-version">2</span>' in page
-    assert "try a wider window" in page and "window 60 d" in page and "{&quot;num_leaves&quot;: [63]}" in page
+    assert "try a wider window" in page and "window 60 d" in page and "{&#34;num_leaves&#34;: [63]}" in page
     assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     # Links: the Airflow run (id quoted), the MLflow run view, the reports, all under the given roots.
     assert 'href="/base/dags/demo_churn__retrain/runs/manual__2026-03-02T09%3A00%3A00%2B00%3A00"' in page
@@ -327,17 +339,29 @@ def test_the_page_shows_runs_links_charts_and_escapes_what_it_shows(demo):
         'href="/base/lifecycle/pipelines/demo_churn/runs/manual__2026-03-03T09%3A00%3A00%2B00%3A00/evaluation"' in page
     )
     assert 'href="/base/lifecycle/pipelines/demo_churn/runs/drift__2/drift"' in page
-    # Charts: the metric per version, rows per batch, PSI with its threshold, JS distance.
-    for chart in ("chart-metric", "chart-rows", "chart-psi", "chart-js"):
-        assert f'id="{chart}"' in page
-    assert "threshold 0.2" in page and "threshold 0.1" in page
-    assert "2026-03-08: 400 rows" in page
-    assert page.count('class="champ"') == 1
-    # Rollback: to version 1 only, with a confirm() before the POST, and the expected champion sent along.
+    # Charts: the metric per version (the champion marked), rows per batch, PSI with its threshold, JS distance.
+    metric = _chart(page, "chart-metric")
+    assert [(p["version"], p["y"], p.get("champion", False)) for p in _points(metric, "metric")] == [
+        ("1", pytest.approx(0.80), False), ("2", pytest.approx(0.83), True),
+    ]  # fmt: skip
+    assert metric["x_labels"] == ["v1", "v2"]
+    rows = _chart(page, "chart-rows")
+    assert [p["text"] for p in _points(rows, "bar")][-1] == "2026-03-08: 400 rows (model version 2)"
+    psi = _chart(page, "chart-psi")
+    assert [d["label"] for d in psi["datasets"]] == ["monthly_spend", "prediction", "sessions_30d", "threshold 0.2"]
+    assert [p["y"] for p in _points(psi, "threshold")] == [0.2, 0.2]
+    # The drifted batches are marked and say so on hover: monthly_spend over 0.2 on the last two batches.
+    spend = next(d for d in psi["datasets"] if d["label"] == "monthly_spend")["points"]
+    assert [(p["text"], p.get("r")) for p in spend] == [
+        ("monthly_spend 2026-03-06: 0.100", None), ("monthly_spend 2026-03-07: 0.350 (drifted)", 3),
+        ("monthly_spend 2026-03-08: 0.500 (drifted)", 3),
+    ]  # fmt: skip
+    assert [d["label"] for d in _chart(page, "chart-js")["datasets"]] == ["cat_device", "threshold 0.1"]
+    assert "sessions_30d <b>(1 over)</b>" in page  # the legend
+    # Rollback: to version 1 only, with the expected champion sent along (the script posts it).
     form = re.search(r'<form class="rollback".*?</form>', page, re.S).group(0)
     assert 'action="/base/lifecycle/pipelines/demo_churn/rollback"' in form and 'data-current="2"' in form
     assert re.findall(r'<option value="(\d+)"', form) == ["1"]
-    assert ".confirm(question)" in page and "expected_current" in page
     assert "Signed in as ann" in page
 
     assert "(UI)</a>" not in page
@@ -347,6 +371,48 @@ def test_the_page_shows_runs_links_charts_and_escapes_what_it_shows(demo):
 
     readonly = models_page.render_page([view], ["demo_churn"], links, can_rollback={"demo_churn": False})
     assert 'id="rollback-form"' not in readonly and "needs permission" in readonly
+
+
+def test_the_page_links_its_static_files_and_the_script_confirms_and_sends_the_expected_champion(demo):
+    view = models_page.pipeline_view(demo["config"], demo["client"], demo["engine"])
+    page = models_page.render_page([view], ["demo_churn"], models_page.Links(), can_rollback={"demo_churn": True})
+    # Relative to the page (<app>/): the same URLs work framed at /plugin/models and under any base path.
+    linked = re.findall(r'(?:src|href)="(static/[^"]+)"', page)
+    assert linked == ["static/models_page/models.css", "static/vendor/chart.umd.min.js", "static/models_page/models.js"]
+    for url in linked:
+        assert (models_page.STATIC / url.removeprefix("static/")).is_file(), url
+    assert "<style" not in page and not re.search(r"<script>|<script src=\"http", page)  # no inline code, no CDN
+    script = (models_page.STATIC / "models_page" / "models.js").read_text()
+    assert (
+        ".confirm(question)" in script and "expected_current" in script and "'X-Lifecycle-Action': 'rollback'" in script
+    )
+    chartjs = (models_page.STATIC / "vendor" / "chart.umd.min.js").read_text()
+    assert (
+        chartjs.startswith("/*!\n * Chart.js v4.") and (models_page.STATIC / "vendor" / "chart.js.LICENSE.md").is_file()
+    )
+    run = models_page.render_run(
+        {"run_id": "r", "run_name": "n", "status": "FINISHED", "started": None, "ended": None, "experiment": "e",
+         "artifact_uri": "a", "tags": {}, "metrics": {}, "params": {}}, "p", models_page.Links(),
+    )  # fmt: skip
+    # A run is served at <app>/pipelines/<p>/mlflow/<id>: three levels under <app>.
+    assert 'href="../../../static/models_page/models.css"' in run
+
+
+def test_templates_autoescape_and_refuse_undefined_names():
+    hostile = "<script>alert('x')</script>"
+    view = models_page.PipelineView(hostile, hostile, "d", hostile, True)
+    view.errors.append(hostile)
+    page = models_page.render_page([view], [hostile], models_page.Links(), can_rollback={}, user=hostile)
+    assert hostile not in page and "<script>alert" not in page
+    escaped = "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;"
+    assert page.count(escaped) >= 6  # nav, heading, model, metric, error, user ...
+    assert f'<section class="pipeline" id="pipeline-{escaped}">' in page
+    env = models_page.environment()
+    assert env.autoescape("page.html") is True
+    import jinja2
+
+    with pytest.raises(jinja2.UndefinedError):
+        env.get_template("models_page/run.html").render(links=models_page.Links(), static="static")
 
 
 def test_rollback_moves_the_alias_and_records_who_when_and_why(store, make_config, tmp_path):
@@ -427,12 +493,6 @@ def test_a_report_gets_a_link_back():
     assert models_page.with_back_link(b"plain", "/").endswith(b"plain")
 
 
-def test_ticks_are_round_numbers():
-    assert models_page._ticks(0, 1) == [0, 0.2, 0.4, 0.6, 0.8, 1.0]
-    assert models_page._ticks(0.71, 0.84) == pytest.approx([0.725, 0.75, 0.775, 0.8, 0.825])
-    assert models_page._ticks(3, 3) == [3]
-
-
 def test_nothing_here_imports_airflow():
     source = Path(models_page.__file__).read_text()
     assert "import airflow" not in source and "from airflow" not in source
@@ -471,56 +531,79 @@ def test_performance_per_batch_and_version_is_read_with_its_intervals_references
     assert [(p.batch_key, p.model_version) for p in newest.performance.points] == [("2026-03-08", "2")]
 
 
+def _segments(points: list[dict]) -> list[list[dict]]:
+    """The lines a dataset draws: runs of two or more points between breaks (y None)."""
+    runs, current = [], []
+    for point in [*points, {"y": None}]:
+        if point["y"] is None:
+            if len(current) > 1:
+                runs.append(current)
+            current = []
+        else:
+            current.append(point)
+    return runs
+
+
 def test_the_performance_chart_draws_realised_estimated_references_trigger_and_floor(demo):
     view = models_page.pipeline_view(demo["config"], demo["client"], demo["engine"])
     page = models_page.render_page([view], ["demo_churn"], models_page.Links(), can_rollback={})
-    chart = _section(page, r'<svg id="chart-performance".*?</svg>')
-    assert 'data-readout="chart-performance-readout"' in chart and 'id="chart-performance-readout"' in page
+    data = _chart(page, "chart-performance")
+    assert data == json.loads(json.dumps(models_page.performance_chart(view).data))  # what the page embeds
+    assert 'data-readout="chart-performance-readout"' in page and 'id="chart-performance-readout"' in page
+    assert data["x_labels"] == ["2026-03-06", "2026-03-07", "2026-03-08"]
 
-    realised = re.findall(r'<circle [^>]*class="pt-realised" data-batch="([^"]+)" data-version="(\d+)"', chart)
-    estimated = re.findall(r'<circle [^>]*class="pt-estimated" data-batch="([^"]+)" data-version="(\d+)"', chart)
+    realised = [(p["batch"], p["version"]) for p in _points(data, "realised")]
+    estimated = [(p["batch"], p["version"]) for p in _points(data, "estimated")]
     assert realised == [("2026-03-06", "1"), ("2026-03-07", "2")]  # only where labels arrived
     assert sorted(estimated) == [("2026-03-06", "1"), ("2026-03-07", "1"), ("2026-03-07", "2"), ("2026-03-08", "2")]
-    # One colour per version: each version's marks in a group of its colour.
-    groups = re.findall(r'<g style="color:(#[0-9a-f]{6})">(.*?)</g>', chart)
-    colours = {
-        v: c for c, body in groups for v in re.findall(r'class="pt-\w+" data-batch="[^"]+" data-version="(\d+)"', body)
-    }
-    assert colours == {"1": "#1f77b4", "2": "#ff7f0e"}
+    # One colour per version, for its values, its intervals and its holdout reference.
+    colours = {(d["role"], d.get("version") or d["label"].split()[0][1:]): d["color"] for d in data["datasets"]
+               if d["role"] in ("realised", "estimated", "realised_ci", "estimated_ci", "reference")}  # fmt: skip
+    assert set(colours.values()) == {"#1f77b4", "#ff7f0e"} and len(colours) == 10
+    assert {v for (_, v), c in colours.items() if c == "#1f77b4"} == {"1"}
     # Values on hover, with interval and labelled rows; the estimate where labels have not arrived.
-    assert "2026-03-07 · v2 · realised roc_auc 0.7600 [0.7100, 0.8000] on 120 of 250 rows labelled" in chart
-    assert "2026-03-08 · v2 · estimated roc_auc 0.7700 from 400 scored rows</title>" in chart
-    assert "2026-03-07 · v2 · estimated roc_auc 0.8000 [0.7700, 0.8300] from 250 scored rows; error +0.0400" in chart
-    assert chart.count('class="ci"') == 2 and chart.count('class="ci est"') == 1  # whiskers where there is a CI
+    texts = [p["text"] for d in data["datasets"] for p in d["points"] if p.get("text")]
+    assert "2026-03-07 · v2 · realised roc_auc 0.7600 [0.7100, 0.8000] on 120 of 250 rows labelled" in texts
+    assert "2026-03-08 · v2 · estimated roc_auc 0.7700 from 400 scored rows" in texts
+    assert ("2026-03-07 · v2 · estimated roc_auc 0.8000 [0.7700, 0.8300] from 250 scored rows; error +0.0400 vs "
+            "realised") in texts  # fmt: skip
+    # Whiskers where there is a CI: two realised, one estimated, each from its low to its high.
+    assert [(p["y"]) for p in _points(data, "realised_ci")] == pytest.approx([0.74, 0.82, 0.71, 0.80])
+    assert [(p["y"]) for p in _points(data, "estimated_ci")] == pytest.approx([0.77, 0.83])
     # Two versions in one batch sit side by side, not on top of each other.
-    xs = dict(((b, v), float(x)) for x, b, v in re.findall(
-        r'<circle cx="([\d.]+)"[^>]*class="pt-estimated" data-batch="([^"]+)" data-version="(\d+)"', chart))  # fmt: skip
+    xs = {(p["batch"], p["version"]): p["x"] for p in _points(data, "estimated")}
     assert xs[("2026-03-07", "1")] < xs[("2026-03-07", "2")] < xs[("2026-03-08", "2")]
+    assert xs[("2026-03-06", "1")] == 0 and abs(xs[("2026-03-07", "2")] - 1) < 0.5
     # Lines join a version's consecutive batches: both versions' estimates; no two realised values in a row.
-    assert chart.count('class="estimated"') == 2 and chart.count('class="realised"') == 0
+    lines = {role: [s for d in data["datasets"] if d["role"] == role for s in _segments(d["points"])]
+             for role in ("realised", "estimated")}  # fmt: skip
+    assert len(lines["estimated"]) == 2 and lines["realised"] == []
 
-    def y_of(css: str, title: str) -> float:
-        y1, y2 = re.search(rf'<line [^>]*y1="([\d.]+)"[^>]*y2="([\d.]+)"[^>]*class="{css}"><title>{re.escape(title)}',
-                           chart).groups()  # fmt: skip
-        assert y1 == y2
-        return float(y1)
+    def y_of(role: str, text: str) -> float:
+        rule = next(d for d in data["datasets"] if d["role"] == role and d["points"][0]["text"] == text)
+        assert rule["points"][0]["y"] == rule["points"][1]["y"]
+        return rule["points"][0]["y"]
 
     reference = y_of("reference", "v2 holdout roc_auc 0.8300")
     trigger = y_of("trigger", "v2 retrain trigger: roc_auc below 0.7800 (holdout 0.8300 − 0.05)")
-    floor = y_of("threshold floor", "gate floor roc_auc 0.65")
-    assert reference < trigger < floor  # higher is better: the trigger under the reference, the floor lower still
-    assert "gate floor 0.65</text>" in chart
+    floor = y_of("floor", "gate floor roc_auc 0.65")
+    assert reference > trigger > floor  # higher is better: the trigger under the reference, the floor lower still
+    assert '<i class="k-floor"></i>gate floor 0.65</span>' in page and "retrain trigger (holdout − 0.05)" in page
+
+
+def _cells(row: str) -> list[str]:
+    return re.findall(r"<td>(.*?)</td>", row, re.S)
 
 
 def test_the_performance_table_lists_batches_newest_first_and_flags_what_is_past_the_trigger(demo):
     view = models_page.pipeline_view(demo["config"], demo["client"], demo["engine"])
     page = models_page.render_page([view], ["demo_churn"], models_page.Links(), can_rollback={})
     table = _section(page, r'<table id="performance">.*?</table>')
-    rows = re.findall(r'<tr data-batch="([^"]+)" data-version="(\d+)">(.*?)</tr>', table)
+    rows = re.findall(r'<tr data-batch="([^"]+)" data-version="(\d+)">(.*?)</tr>', table, re.S)
     assert [(b, v) for b, v, _ in rows] == [
         ("2026-03-08", "2"), ("2026-03-07", "2"), ("2026-03-07", "1"), ("2026-03-06", "1"),
     ]  # fmt: skip
-    cells = {(b, v): re.findall(r"<td>(.*?)</td>", row) for b, v, row in rows}
+    cells = {(b, v): _cells(row) for b, v, row in rows}
     assert cells[("2026-03-06", "1")] == [
         "2026-03-06", "v1", '<b>0.7800</b> [0.7400, 0.8200]<div class="muted">280 / 300 rows labelled</div>',
         "0.7900", "+0.0100", "0.8000",
@@ -533,7 +616,8 @@ def test_the_performance_table_lists_batches_newest_first_and_flags_what_is_past
 
     # A policy that acts on realised values only does not flag estimates.
     view.performance.signals = ["realised"]
-    table = models_page._performance_table(view, models_page.Links())
+    page = models_page.render_page([view], ["demo_churn"], models_page.Links(), can_rollback={})
+    table = _section(page, r'<table id="performance">.*?</table>')
     assert table.count("past the retrain trigger") == 1 and "0.7700<" in table
 
 
@@ -549,12 +633,11 @@ def test_the_trigger_follows_the_metric_direction_and_the_policy(make_config, tm
         assert view.performance.trigger(reference) == pytest.approx(expected)
         assert view.performance.floor is None
         chart = models_page.performance_chart(view)
-        ys = {
-            css: float(y) for y, css in re.findall(r'<line [^>]*y1="([\d.]+)"[^>]*class="(reference|trigger)"', chart)
-        }
+        ys = {d["role"]: d["points"][0]["y"] for d in chart.data["datasets"] if d["role"] in ("reference", "trigger")}
         # Lower-is-better: the policy fires above the holdout's value, so the line is drawn above it.
-        assert (ys["trigger"] < ys["reference"]) == (metric == "log_loss"), (metric, ys)
-        assert "gate floor" not in chart
+        assert (ys["trigger"] > ys["reference"]) == (metric == "log_loss"), (metric, ys)
+        assert ys["trigger"] == pytest.approx(expected)
+        assert "floor" not in {d["role"] for d in chart.data["datasets"]} and "gate floor" not in str(chart.legend)
     rmse = models_page.PerformanceSeries("rmse", False, True, 0.05, True, None)
     assert rmse.trigger(20.0) == pytest.approx(21.0)  # RMSE's drop is relative: 5 % above the holdout's
     off = make_config(name="off", performance={"policy": {"enabled": False}})
@@ -562,7 +645,8 @@ def test_the_trigger_follows_the_metric_direction_and_the_policy(make_config, tm
     models_page.load_performance(view, off, engine)
     view.performance.points = [models_page.PerformancePoint("2026-03-01", "1", 10, estimated=0.7, reference=0.8)]
     chart = models_page.performance_chart(view)
-    assert 'class="trigger"' not in chart and "performance policy off" in chart
+    assert "trigger" not in {d["role"] for d in chart.data["datasets"]}
+    assert {"kind": "muted", "text": "performance policy off"} in chart.legend
 
 
 def test_rollout_decisions_are_shown_newest_first_and_escaped(demo):
@@ -574,9 +658,9 @@ def test_rollout_decisions_are_shown_newest_first_and_escaped(demo):
     links = models_page.Links(app="/base/lifecycle", airflow="/base")
     page = models_page.render_page([view], ["demo_churn"], links, can_rollback={})
     table = _section(page, r'<table id="decisions">.*?</table>')
-    rows = re.findall(r'<tr data-day="([^"]+)">(.*?)</tr>', table)
+    rows = re.findall(r'<tr data-day="([^"]+)">(.*?)</tr>', table, re.S)
     assert [day for day, _ in rows] == ["2026-03-09", "2026-03-08"]
-    cells = re.findall(r"<td>(.*?)</td>", rows[0][1])
+    cells = _cells(rows[0][1])
     assert cells[:4] == ["2026-03-09", "canary", "champion v2<br>challenger v3", "1500<br>410"]
     assert (
         "champion <b>0.8100</b> [0.7900, 0.8300]" in cells[4]
@@ -599,8 +683,14 @@ def test_html_in_stored_values_is_escaped_in_the_chart_and_tables(make_config, t
                                                     mode=hostile, champion_version=hostile))  # fmt: skip
     view = models_page.pipeline_view(config, None, engine)
     page = models_page.render_page([view], ["escaped"], models_page.Links(), can_rollback={})
-    assert "<script>alert(1)</script>" not in page
-    assert page.count("&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;") >= 6  # version in chart and table, decision
+    assert "<script>alert(1)</script>" not in page and "</script>alert" not in page
+    # The version in the chart's legend and the performance table (attribute, cell); the decision's class,
+    # text, mode, version and reason.
+    assert page.count("&#34;&gt;&lt;script&gt;alert(1)&lt;/script&gt;") == 8
+    # The chart's JSON cannot close its script element, and reads back as the stored text (drawn as text).
+    raw = re.search(r'id="chart-performance-data">(.*?)</script>', page, re.S).group(1)
+    assert "<" not in raw and ">" not in raw
+    assert {p["version"] for p in _points(json.loads(raw), "realised")} == {hostile}
 
 
 def test_a_performance_table_of_another_shape_is_an_error_that_hides_only_itself(demo, make_config, tmp_path):
@@ -618,4 +708,4 @@ def test_a_performance_table_of_another_shape_is_an_error_that_hides_only_itself
     assert [b.batch_key for b in view.batches] == ["2026-03-06"]  # the rest of the page is still there
     assert view.champion is not None
     page = models_page.render_page([view], ["demo_churn"], models_page.Links(), can_rollback={})
-    assert "the performance table &#x27;performance_metrics&#x27;" in page and 'id="chart-rows"' in page
+    assert "the performance table &#39;performance_metrics&#39;" in page and 'id="chart-rows"' in page
