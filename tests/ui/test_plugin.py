@@ -167,6 +167,36 @@ def test_reports_and_runs_are_served_from_the_stores(airflow_app):
     assert http.get(f"/lifecycle/pipelines/{PIPELINE}/mlflow/{'0' * 32}", headers=headers).status_code == 404
 
 
+def test_the_page_s_static_files_are_served_where_its_relative_links_point(airflow_app):
+    """The page links static/...; served at /lifecycle/, those are /lifecycle/static/... on the api-server."""
+    import re
+
+    from lifecycle import models_page
+
+    http = airflow_app["http"]
+    page = http.get("/lifecycle/", headers=_auth(airflow_app, "viewer")).text
+    linked = re.findall(r'(?:src|href)="(static/[^"]+)"', page)
+    assert len(linked) == 3, linked
+    types = {".css": "text/css", ".js": "text/javascript"}
+    for url in linked:
+        # Holding no data, they need no sign-in (the page itself does).
+        answer = http.get(f"/lifecycle/{url}")
+        assert answer.status_code == 200, url
+        assert answer.headers["content-type"].startswith(types[url[url.rindex(".") :]]), answer.headers
+        assert answer.content == (models_page.STATIC / url.removeprefix("static/")).read_bytes()
+        assert answer.headers.get("etag")
+    assert b"Chart.js v4." in http.get("/lifecycle/static/vendor/chart.umd.min.js").content
+    for outside in ("/lifecycle/static/../models_page.py", "/lifecycle/static/%2e%2e/models_page.py",
+                    "/lifecycle/static/models_page/nope.js"):  # fmt: skip
+        assert http.get(outside).status_code == 404, outside
+    # The MLflow run page sits three levels down and links the same files.
+    run = http.get(f"/lifecycle/api/pipelines/{PIPELINE}", headers=_auth(airflow_app, "viewer")).json()["runs"][0]
+    shown = http.get(
+        f"/lifecycle/pipelines/{PIPELINE}/mlflow/{run['mlflow_run_id']}", headers=_auth(airflow_app, "viewer")
+    )
+    assert 'href="../../../static/models_page/models.css"' in shown.text
+
+
 def test_an_admin_rolls_back_and_the_version_records_who_and_when(airflow_app):
     http, headers = airflow_app["http"], _auth(airflow_app, "admin")
     page = http.get("/lifecycle/", headers=headers)
