@@ -12,6 +12,10 @@ another auth manager, e.g. FAB's, whose users the caller has created: `auth_mana
         run = trigger(airflow, "my_dag", {"reason": "test"})
         wait_for_run(airflow, "my_dag", run["dag_run_id"])
 
+Other executors (`executor="CeleryExecutor"`) run their workers as `extra` services: each an Airflow command
+with an environment, a working directory and a log of its own, started once the core services are healthy
+(`hostname` is a `[core] hostname_callable` that tells such workers apart on one machine).
+
 On exit every service gets SIGTERM (its whole process group, and every process it had started, task
 processes included: Airflow puts those in groups of their own), then SIGKILL after a grace period.
 """
@@ -47,6 +51,26 @@ SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_mana
 FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
 # What each service's component is called in /api/v2/monitor/health.
 HEALTH_COMPONENTS = {"scheduler": "scheduler", "dag-processor": "dag_processor", "triggerer": "triggerer"}
+HOSTNAME_VARIABLE = "LOCAL_AIRFLOW_HOSTNAME"
+
+
+def hostname() -> str:
+    """The name a service reports as its host: LOCAL_AIRFLOW_HOSTNAME, else the machine's FQDN (Airflow's default).
+
+    Point `AIRFLOW__CORE__HOSTNAME_CALLABLE` at `lifecycle.local_airflow.hostname` and give each worker its own
+    LOCAL_AIRFLOW_HOSTNAME: task instances then name the worker that ran them, not just the machine.
+    """
+    return os.environ.get(HOSTNAME_VARIABLE) or socket.getfqdn()
+
+
+@dataclass(frozen=True)
+class ExtraService:
+    """One more Airflow process for running_airflow: `python -m airflow <args>` with `env` on top of the
+    shared environment, in `cwd` (default: the caller's) and logging to <log_dir>/<name>.log."""
+
+    args: tuple[str, ...]
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
 
 
 class AirflowStartError(RuntimeError):
@@ -161,6 +185,7 @@ def service_environment(
     api_secret: str,
     auth_manager: str = SIMPLE_AUTH_MANAGER,
     username: str = USERNAME,
+    executor: str = "LocalExecutor",
 ) -> dict[str, str]:
     """The environment every service gets: the caller's, with what this launcher must control on top.
 
@@ -179,7 +204,7 @@ def service_environment(
             "AIRFLOW__API__PORT": str(port),
             "AIRFLOW__API__BASE_URL": base_url,
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base_url}/execution/",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__EXECUTOR": executor,
             "AIRFLOW__API_AUTH__JWT_SECRET": jwt_secret,
             "AIRFLOW__API__SECRET_KEY": api_secret,
             "AIRFLOW__CORE__AUTH_MANAGER": auth_manager,
@@ -229,11 +254,12 @@ def _death_signal_setter():
     return lambda: prctl(1, signal.SIGTERM)  # 1 is PR_SET_PDEATHSIG
 
 
-def _start(command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+def _start(command: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None) -> subprocess.Popen:
     """Note: the death signal follows the thread that started the service: start from a long-lived thread."""
     with log_path.open("ab") as log:
         return subprocess.Popen(
             command,
+            cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -430,6 +456,8 @@ def running_airflow(
     auth_manager: str = SIMPLE_AUTH_MANAGER,
     username: str | None = None,
     password: str | None = None,
+    executor: str = "LocalExecutor",
+    extra: dict[str, ExtraService] | None = None,
 ) -> Iterator[LocalAirflow]:
     """Run Airflow's services until the block ends; yields a LocalAirflow once they report healthy.
 
@@ -441,8 +469,13 @@ def running_airflow(
     password is `password` or a random one. Any other (FAB_AUTH_MANAGER) needs `username` and `password`
     of an admin the caller has created in the metadata database (migrate_db(env, ...) first, then
     `airflow users create`), and that database already migrated with the same auth manager.
+
+    executor sets AIRFLOW__CORE__EXECUTOR for every service; `extra` services (Celery workers, say) start once
+    the others are healthy, are stopped with them, and are the caller's to wait for (they have no health entry).
     """
     services = tuple(services)
+    if set(extra or {}) & set(services):
+        raise ValueError(f"extra services {sorted(set(extra or {}) & set(services))} share a name with a core service")
     if "api-server" not in services:
         raise ValueError("running_airflow needs the api-server among its services: health is read through it")
     port = free_port() if port is None else port
@@ -461,7 +494,7 @@ def running_airflow(
         raise ValueError(f"auth manager {auth_manager} needs the username and password of a user the caller created")
     child_env = service_environment(
         env, port, password_file=password_file, jwt_secret=secrets.token_urlsafe(64), api_secret=secrets.token_hex(16),
-        auth_manager=auth_manager, username=username,
+        auth_manager=auth_manager, username=username, executor=executor,
     )  # fmt: skip
     airflow = LocalAirflow(
         base_url=f"http://127.0.0.1:{port}", username=username, password=password, port=port, log_dir=log_dir,
@@ -496,6 +529,9 @@ def running_airflow(
                     f"Airflow was not healthy within {startup_timeout:.0f}s; waiting on {', '.join(waiting)}\n{shown}"
                 )
             time.sleep(1)
+        for name, service in (extra or {}).items():
+            command = [sys.executable, "-m", "airflow", *service.args]
+            airflow.processes[name] = _start(command, {**child_env, **service.env}, airflow.log_file(name), service.cwd)
         airflow.startup_seconds = time.monotonic() - started
         yield airflow
     finally:
