@@ -6,10 +6,12 @@ rejected challengers), and a SQLite predictions database with `--batches` daily 
 `--rows-per-batch` predictions, their drift rows, their performance rows (5 estimated metrics, 8 realised and
 5 estimate errors per batch, as the performance DAG writes them; the newest 3 batches unlabelled) and 60
 rollout decisions. Then it times what the page's route does besides the
-auth check: `models_page.pipeline_view` (MLflow + SQL) and `render_page` (HTML with the SVG charts), once
+auth check: `models_page.pipeline_view` (MLflow + SQL) and `render_page` (the Jinja2 templates, with the charts'
+data as JSON for Chart.js to draw in the browser), once
 cold (first calls on a fresh client), `--repeats` times as is, and `--repeats` times after `gc.freeze()`
 as the plugin's warm-up leaves the api-server ("warm", what the budget is checked against). It prints the parts, the MLflow calls and
-SQL queries made, and the page's size; the last line is one JSON object. With `--check` it exits 1 when
+SQL queries made, the page's size and that of the static files it links (CSS, script, Chart.js: fetched once,
+then revalidated by the browser); the last line is one JSON object. With `--check` it exits 1 when
 the warm median is over `--budget` seconds (1.0 by default).
 
     .venv/bin/python benchmarks/models_page.py
@@ -210,6 +212,7 @@ def main() -> int:
     try:
         import mlflow
 
+        from lifecycle import models_page
         from lifecycle.config import load_pipeline
         from lifecycle.predictions_db import engine_for
 
@@ -240,6 +243,8 @@ def main() -> int:
         assert len(view.versions) == args.versions and len(view.batches) == min(args.batches, 400), view.errors
         assert view.champion is not None and view.champion.version == args.versions
         assert len(view.performance.points) == min(args.batches, 400) and len(view.decisions) == 60
+        for chart in ("metric", "performance", "rows", "psi", "js"):  # every chart's data is in the page
+            assert f'id="chart-{chart}-data"' in page, chart
 
         def median(part: str, runs: list[dict] = warm) -> float:
             return statistics.median(t[part] for t in runs)
@@ -250,10 +255,11 @@ def main() -> int:
                 f"{part:8s} {cold[part]:8.3f} {median(part, unfrozen):12.3f} {median(part):14.3f} "
                 f"{max(t[part] for t in warm):11.3f}"
             )
+        static = sum(p.stat().st_size for p in models_page.STATIC.rglob("*") if p.suffix in (".css", ".js"))
         print(
             f"MLflow calls {view.mlflow_calls}, SQL queries {view.sql_queries}; {len(view.runs)} runs, "
-            f"{len(view.versions)} versions, {len(view.batches)} batches, page {len(page) / 1024:.0f} KiB; "
-            f"load average {os.getloadavg()[0]:.1f}"
+            f"{len(view.versions)} versions, {len(view.batches)} batches, page {len(page) / 1024:.0f} KiB "
+            f"(+ {static / 1024:.0f} KiB of static files); load average {os.getloadavg()[0]:.1f}"
         )
         ok = median("total") <= args.budget
         print(f"warm median {median('total'):.3f}s {'within' if ok else 'OVER'} the {args.budget:.1f}s budget")
@@ -263,7 +269,7 @@ def main() -> int:
             "warm_median": {p: median(p) for p in ("mlflow", "sql", "perf_sql", "render", "total")},
             "no_freeze_median": median("total", unfrozen), "frozen_objects": gc.get_freeze_count(),
             "warm_max": max(t["total"] for t in warm), "mlflow_calls": view.mlflow_calls,
-            "sql_queries": view.sql_queries, "page_bytes": len(page), "budget": args.budget, "ok": ok,
+            "sql_queries": view.sql_queries, "page_bytes": len(page), "static_bytes": static, "budget": args.budget, "ok": ok,
             "load_average": os.getloadavg()[0],
         }  # fmt: skip
         line = json.dumps(result, sort_keys=True)

@@ -4,8 +4,9 @@
 //   node tests/ui/browser.js trigger   log in, open the retrain DAG, fill the trigger form, trigger;
 //                                      prints {"run_id": ...}
 //   node tests/ui/browser.js models    log in, open "Models" in the navigation, check the run and the
-//                                      values it was triggered with, the performance chart (a value read
-//                                      by pointing at a point) and the rollout decisions, the report, the
+//                                      values it was triggered with, the charts Chart.js drew (the
+//                                      performance chart's tooltip and readout when pointing at a point),
+//                                      the rollout decisions, the report, the
 //                                      link to the run, and roll the champion back through the confirm() dialog
 //
 // The last line printed is one JSON object; on failure it has "error" and the exit code is 1 (a
@@ -83,24 +84,51 @@ async function models(page) {
   if (cfg.grid) check(text.includes('grid:'), `the run's row does not show the non-default grid: ${text}`);
   result.champion = (await frame.locator('#champion-version').innerText()).trim();
   check(result.champion === String(cfg.champion_before), `champion is ${result.champion}, not ${cfg.champion_before}`);
-  check(await frame.locator('#chart-metric circle').count() >= 1, 'no point on the metric chart');
+  // The charts are canvases drawn by the page's own copy of Chart.js: read what the library drew.
+  const inner = await (await page.locator('iframe[title="Models"]').elementHandle()).contentFrame();
+  await inner.waitForFunction(() => window.Chart && window.Chart.getChart('chart-performance'), null, { timeout: LONG });
+  const drawn = await inner.evaluate((hover) => {
+    const chart = (id) => window.Chart && window.Chart.getChart(id);
+    const count = (c, role) => c.data.datasets.filter((d) => d.role === role)
+      .reduce((n, d) => n + d.data.filter((p) => p.y !== null).length, 0);
+    const metric = chart('chart-metric'), perf = chart('chart-performance');
+    if (!metric || !perf) return { missing: true };
+    const i = perf.data.datasets.findIndex((d) => d.role === 'realised' && d.version === hover.version);
+    const j = i < 0 ? -1 : perf.data.datasets[i].data.findIndex((p) => p.batch === hover.batch);
+    const at = j < 0 ? null : perf.getDatasetMeta(i).data[j];
+    return {
+      library: window.Chart.version, metric_points: count(metric, 'metric'),
+      realised: count(perf, 'realised'), estimated: count(perf, 'estimated'),
+      point: at && { x: at.x, y: at.y },
+    };
+  }, cfg.hover_point);
+  check(!drawn.missing, 'Chart.js did not draw the metric and performance charts');
+  check(drawn.metric_points >= 1, 'no point on the metric chart');
+  check(drawn.point, `no realised point for ${JSON.stringify(cfg.hover_point)} on the performance chart`);
 
-  // Performance over time: the chart is on screen, and pointing at a realised point shows its value.
+  // Performance over time: the chart is on screen, and pointing at a realised point shows its value, in the
+  // library's tooltip and in the readout under the chart.
   const chart = frame.locator('#chart-performance');
   await chart.scrollIntoViewIfNeeded();
   check(await chart.isVisible(), 'the performance chart is not visible');
   const box = await chart.boundingBox();
-  const point = chart.locator(
-    `circle.pt-realised[data-batch="${cfg.hover_point.batch}"][data-version="${cfg.hover_point.version}"]`);
-  await point.hover();
+  await chart.hover({ position: drawn.point });
   const readout = frame.locator('#chart-performance-readout');
   await readout.filter({ hasText: cfg.hover_point.batch }).waitFor({ timeout: 10000 });
+  const tooltip = await inner.evaluate(() => {
+    const tip = window.Chart.getChart('chart-performance').tooltip;
+    return { opacity: tip.opacity, text: (tip.body || []).map((b) => b.lines.join(' ')).join(' | ') };
+  });
   result.performance = {
     readout: (await readout.innerText()).trim(),
-    realised: await chart.locator('circle.pt-realised').count(),
-    estimated: await chart.locator('circle.pt-estimated').count(),
+    tooltip: tooltip.text,
+    tooltip_opacity: tooltip.opacity,
+    library: drawn.library,
+    realised: drawn.realised,
+    estimated: drawn.estimated,
     width: box ? box.width : 0,
   };
+  check(result.performance.tooltip === cfg.hover_text, `the tooltip shows ${result.performance.tooltip}`);
   check(result.performance.readout === cfg.hover_text, `the hover shows ${result.performance.readout}`);
   await page.screenshot({ path: path.join(out, 'models-performance.png') });
   const decisions = await frame.locator('#decisions').innerText();

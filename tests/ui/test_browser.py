@@ -6,8 +6,8 @@ under the test's temporary folder. Debian's Chromium, driven by playwright-core 
 logs in through the login form, triggers `demo_churn__retrain` with non-default values (as-of date, a
 30-day window, a one-candidate grid to keep the run short, a unique reason), and, once the run has
 succeeded, opens "Models" from the navigation and checks the run and those values there, the performance
-chart (rows the performance DAG would write, put in the predictions database by the test) with a value read by
-pointing at a point, the rollout decisions, the evaluation report, the link back to the run, and a rollback
+chart (rows the performance DAG would write, put in the predictions database by the test) as Chart.js drew it,
+with a value in its tooltip when pointing at a point, the rollout decisions, the evaluation report, the link back to the run, and a rollback
 through the page's confirm() dialog.
 
 Set-up it does itself: `apt-get install chromium` when /usr/bin/chromium is missing (as root), and
@@ -219,7 +219,10 @@ def test_a_retrain_triggered_from_the_form_shows_on_the_models_page(tmp_path, de
     assert reason in checked["row"] and "window 30 d" in checked["row"]
     assert checked["champion"] == "2" and checked["champion_after"] == "1"
     assert checked["page_errors"] == []
-    # The performance chart: both kinds of marks drawn, and pointing at a realised point reads its value.
+    # The performance chart, drawn by the vendored Chart.js: both kinds of marks, and pointing at a realised
+    # point shows its value in the library's tooltip and in the readout under the chart.
+    assert checked["performance"]["library"].startswith("4.")
+    assert checked["performance"]["tooltip"] == hover and checked["performance"]["tooltip_opacity"] == 1
     assert checked["performance"]["readout"] == hover
     assert checked["performance"]["realised"] == 5 and checked["performance"]["estimated"] == 7
     assert checked["performance"]["width"] > 400
