@@ -115,4 +115,5 @@ def build(config: PipelineConfig) -> DAG:
 
 with collector_paused():  # hundreds of DAGs: see lifecycle.airflow_glue.collector_paused
     for _config in load_all():
-        globals()[f"{_config.name}__drift_check"] = build(_config)
+        if _config.segments is None:  # segment models: drift per segment is not built yet (docs/segments.md)
+            globals()[f"{_config.name}__drift_check"] = build(_config)

@@ -118,5 +118,5 @@ def build(config: PipelineConfig) -> DAG:
 
 with collector_paused():  # hundreds of DAGs: see lifecycle.airflow_glue.collector_paused
     for _config in load_all():
-        if _config.labels is not None:
+        if _config.labels is not None and _config.segments is None:  # segment models: see docs/segments.md
             globals()[f"{_config.name}__performance"] = build(_config)

@@ -4,14 +4,17 @@
 One DAG per pipeline YAML in `include/pipelines/` (`<pipeline>__retrain`). Nightly on the YAML's cron,
 or triggered from the UI with the form below. Each phase is a task group; data moves through the
 artifact store and XCom carries only URIs, ids and metrics. A challenger becomes `champion` in the
-MLflow registry only when the gate says so.
+MLflow registry only when the gate says so. A pipeline with `segments` trains one model per segment value:
+features, training and the gate run as a mapped task group (`segment`), one map index per segment, each
+segment its own registered model `<model_name>__<segment>` with its own champion alias; beside them, the
+pooled model on every row (`segments.fallback: pooled`) scores the rows of segments without a champion.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 
-from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, TaskGroup, task
+from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, TaskGroup, task, task_group
 
 from lifecycle.access import access_control
 from lifecycle.airflow_glue import (
@@ -101,6 +104,10 @@ def approval_request(config: PipelineConfig):
 def build(config: PipelineConfig) -> DAG:
     name = config.name
     approve_mode = config.gate.mode == "approve"
+
+    def restricted(segment: str | None) -> PipelineConfig:
+        return config if segment is None else config.for_segment(segment)
+
     with DAG(
         dag_id=f"{name}__retrain",
         description=f"Retrain {name}: {config.description}"[:200],
@@ -134,14 +141,14 @@ def build(config: PipelineConfig) -> DAG:
 
         @task
         @fail_fast_on_bad_input
-        def split_and_fit(snap: dict, _checked: dict, **context) -> dict:
+        def split_and_fit(snap: dict, _checked: dict, segment: str | None = None, **context) -> dict:
             from lifecycle import retrain
 
-            return retrain.prepare_features(config, context["run_id"], snap["uri"], snap["sha256"])
+            return retrain.prepare_features(restricted(segment), context["run_id"], snap["uri"], snap["sha256"])
 
         @task
         @fail_fast_on_bad_input
-        def start_mlflow_run(snap: dict, **context) -> str:
+        def start_mlflow_run(snap: dict, segment: str | None = None, **context) -> str:
             from lifecycle import retrain
             from lifecycle.config import with_training_overrides
 
@@ -152,40 +159,44 @@ def build(config: PipelineConfig) -> DAG:
             if trigger:  # a retrain requested by the drift policy says so in its MLflow run
                 params["triggered_by"] = trigger
                 params["reason"] = trigger.get("reason", params["reason"])
-            return retrain.start_run(config, context["dag"].dag_id, context["run_id"], params, snap)
+            return retrain.start_run(restricted(segment), context["dag"].dag_id, context["run_id"], params, snap)
 
         @task
         @fail_fast_on_bad_input
-        def grid_search(mlflow_run_id: str, features: dict, **context) -> dict:
+        def grid_search(mlflow_run_id: str, features: dict, segment: str | None = None, **context) -> dict:
             from lifecycle import retrain
             from lifecycle.config import with_training_overrides
 
             params = context["params"]
-            tuned = with_training_overrides(config, grid=params["grid"], search=params["search"])
+            tuned = with_training_overrides(restricted(segment), grid=params["grid"], search=params["search"])
             return retrain.train_challenger(tuned, mlflow_run_id, features, tuned.training.grid, tuned.training.search)
 
         @task
         @fail_fast_on_bad_input
-        def baseline(mlflow_run_id: str, features: dict) -> dict:
+        def baseline(mlflow_run_id: str, features: dict, segment: str | None = None) -> dict:
             from lifecycle import retrain
 
-            return retrain.train_baseline(config, mlflow_run_id, features)
+            return retrain.train_baseline(restricted(segment), mlflow_run_id, features)
 
         @task
         @fail_fast_on_bad_input
-        def score_and_decide(mlflow_run_id: str, features: dict, challenger: dict, base: dict, **context) -> dict:
+        def score_and_decide(
+            mlflow_run_id: str, features: dict, challenger: dict, base: dict, segment: str | None = None, **context
+        ) -> dict:
             from lifecycle import retrain
 
-            return retrain.evaluate(config, context["run_id"], mlflow_run_id, features, challenger, base)
+            return retrain.evaluate(restricted(segment), context["run_id"], mlflow_run_id, features, challenger, base)
 
         @task(trigger_rule="none_failed")  # runs after a skipped approval too: it tags why nothing was promoted
         @fail_fast_on_bad_input
-        def promote(mlflow_run_id: str, challenger: dict, evaluation: dict, snap: dict, **context) -> dict:
+        def promote(
+            mlflow_run_id: str, challenger: dict, evaluation: dict, snap: dict, segment: str | None = None, **context
+        ) -> dict:
             from lifecycle import retrain
 
             approval = context["ti"].xcom_pull(task_ids="evaluation.approve") if approve_mode else None
             return retrain.promote(
-                config, mlflow_run_id, challenger, evaluation, snap, approval,
+                restricted(segment), mlflow_run_id, challenger, evaluation, snap, approval,
                 run_id=context["run_id"], database_url=sqlalchemy_url(config.prediction.conn_id),
             )  # fmt: skip
 
@@ -197,6 +208,30 @@ def build(config: PipelineConfig) -> DAG:
             snap = snapshot()
         with TaskGroup("validation"):
             checked = run_suite(snap)
+        if config.segments is not None:
+
+            @task
+            @fail_fast_on_bad_input
+            def plan_segments(snap: dict, _checked: dict) -> list[str]:
+                from lifecycle import segments
+
+                return segments.plan(config, snap["uri"], snap["sha256"])
+
+            @task_group(group_id="segment")
+            def train_segment(segment: str) -> None:
+                """Features, training and the gate of one segment (one map index per segment value)."""
+                features = split_and_fit(snap, checked, segment=segment)
+                mlflow_run_id = start_mlflow_run(snap, segment=segment)
+                features >> mlflow_run_id
+                challenger = grid_search(mlflow_run_id, features, segment=segment)
+                base = baseline(mlflow_run_id, features, segment=segment)
+                evaluation = score_and_decide(mlflow_run_id, features, challenger, base, segment=segment)
+                promote(mlflow_run_id, challenger, evaluation, snap, segment=segment)
+
+            train_segment.expand(segment=plan_segments(snap, checked))
+            if config.segments.fallback == "none":
+                return dag
+            # fallback: pooled: the pipeline's own model on every row, below, for segments without a champion
         with TaskGroup("features"):
             features = split_and_fit(snap, checked)
         with TaskGroup("training"):

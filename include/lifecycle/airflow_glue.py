@@ -128,11 +128,21 @@ def end_mlflow_run_on_failure(config: PipelineConfig) -> Callable[[dict[str, Any
         ti = context["ti"]
         error = context.get("exception")
         try:
-            fail_run(config, context["dag"].dag_id, context["run_id"], ti.task_id, repr(error)[:4000])
+            failed = _segment_of(config, ti)
+            fail_run(failed, context["dag"].dag_id, context["run_id"], ti.task_id, repr(error)[:4000])
         except Exception:  # a callback must not hide the task's own failure
             log.exception("could not mark the MLflow run of %s as FAILED", context["run_id"])
 
     return callback
+
+
+def _segment_of(config: PipelineConfig, ti: Any) -> PipelineConfig:
+    """The segment a failed mapped task trained (its map index into plan_segments' list), else the pipeline."""
+    index = getattr(ti, "map_index", -1)
+    if config.segments is None or index is None or index < 0:
+        return config
+    planned = ti.xcom_pull(task_ids="plan_segments") or []
+    return config.for_segment(planned[index]) if index < len(planned) else config
 
 
 def predictions_asset(config: PipelineConfig) -> Any:

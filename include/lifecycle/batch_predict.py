@@ -6,6 +6,7 @@ import datetime as dt
 import logging
 import re
 import tempfile
+from collections import Counter
 from typing import Any
 
 from lifecycle import storage
@@ -65,6 +66,22 @@ def resolve_champion(
     version number, or `auto` (`on_date` for a backfill run, so that re-scoring history uses the model of each
     day, else `champion`). The answer says which rule chose the version (`chosen_by`).
     """
+
+    if config.segments is not None and config.segment is None:  # one model per segment: resolve each
+        from lifecycle.segments import resolve_champions
+
+        return resolve_champions(config, choice, run_type, at, database_url)
+    return resolve_one(config, choice, run_type, at, database_url)
+
+
+def resolve_one(
+    config: PipelineConfig,
+    choice: str = "champion",
+    run_type: str | None = None,
+    at: dt.datetime | None = None,
+    database_url: str | None = None,
+) -> dict[str, Any]:
+    """`resolve_champion` for one registered model (a segment's, or a segmented pipeline's pooled model)."""
     from lifecycle import tracking
 
     name = config.registered_model_name
@@ -189,11 +206,16 @@ def validate_batch(config: PipelineConfig, run_id: str, batch: dict[str, Any], c
     import pyarrow.parquet as pq
 
     from lifecycle.scoring import ScoringBatchError, check_signature
+    from lifecycle.segments import unknown_segments
     from lifecycle.tracking import mlflow_client
     from lifecycle.validation import DataValidationError, validate
 
     mlflow_client()
-    schema = mlflow.models.get_model_info(champion["model_uri"]).signature.inputs
+    segmented = champion.get("segments")
+    # Segment models are trained on the same features: any segment's signature is every segment's.
+    first = next(iter(segmented.values()))["model_uri"] if segmented else champion["model_uri"]
+    schema = mlflow.models.get_model_info(first).signature.inputs
+    unknown: Counter[str] = Counter()
     report_uri = storage.artifact_uri(config.name, run_id, "validation", "scoring_report.json")
     failures: list[dict[str, Any]] = []
     seen_ids: set[Any] = set()
@@ -210,6 +232,8 @@ def validate_batch(config: PipelineConfig, run_id: str, batch: dict[str, Any], c
                 failures.append({"chunk": group, "error": str(err)})
             except DataValidationError as err:
                 failures.append({"chunk": group, "error": str(err), "failures": err.report["failures"]})
+            if segmented and not champion.get("fallback"):  # with a pooled fallback, every row has a model
+                unknown.update(unknown_segments(config, chunk, segmented))
             ids = chunk[config.id_column].tolist()
             duplicates.extend(i for i in ids if i in seen_ids)
             seen_ids.update(ids)
@@ -217,8 +241,19 @@ def validate_batch(config: PipelineConfig, run_id: str, batch: dict[str, Any], c
                 break
     if duplicates:
         failures.append({"error": f"{config.id_column} repeats within the batch, e.g. {duplicates[:5]}"})
+    if unknown:
+        shown = ", ".join(f"{value!r} ({rows} rows)" for value, rows in unknown.most_common(10))
+        failures.append({
+            "error": f"{sum(unknown.values())} rows of segments with no champion in column "
+                     f"{config.segments.column!r}: {shown}; train them ({config.name}__retrain, segments.min_rows) "
+                     "or leave their rows out of the batch",
+            "unknown_segments": dict(unknown),
+        })  # fmt: skip
     checked = None
-    if not failures:  # the champion's data contract, over the whole batch (read again, row group by row group)
+    # Segment models: each segment's contract was held to its training window; the batch is held to the suite.
+    if (
+        not failures and not segmented
+    ):  # the champion's data contract, over the whole batch (read again, row group by row group)
         from lifecycle import contract
 
         try:
@@ -254,11 +289,14 @@ def score(
     config: PipelineConfig, run_id: str, batch: dict[str, Any], champion: dict[str, Any], row_groups: list[int]
 ) -> dict[str, Any]:
     from lifecycle import model_trust
-    from lifecycle.scoring import score_partition
+    from lifecycle.scoring import SegmentRouter, score_partition
 
-    model = model_trust.load(champion["model_uri"])
     name = f"part-{row_groups[0]:05d}-{row_groups[-1]:05d}.parquet"
     out = storage.artifact_uri(config.name, run_id, "prediction", "scores", name)
+    if champion.get("segments"):
+        router = SegmentRouter(config, champion["segments"], champion.get("fallback"))
+        return score_partition(config, router, batch["uri"], row_groups, out)
+    model = model_trust.load(champion["model_uri"])
     return score_partition(config, model, batch["uri"], row_groups, out)
 
 

@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"
 
@@ -486,6 +494,46 @@ class RolloutDecision(_Strict):
         return Schedules._cron(value)
 
 
+class Segments(_Strict):
+    """One model per value of a column: each segment is trained, gated and promoted on its own rows.
+
+    Each segment is its own registered model, `<model_name>__<segment>`: versions, the champion alias, the
+    alias lock, the registry history and rollbacks are all per registered model in MLflow, so a segment's
+    promotion can never race or overwrite another's, and a rollback of one segment leaves the rest alone.
+    """
+
+    column: str
+    # The segments to train. Absent: every value of the column with at least `min_rows` rows in the window.
+    values: list[str] | None = Field(None, min_length=1)
+    min_rows: int = Field(200, ge=20)
+    # Rows of a segment without a model of its own (too few rows to train, new, or missing): `pooled` trains
+    # the pipeline's own model on every row as well (registered as <model_name>) and scores them with it;
+    # `none` refuses a batch holding such rows, naming the segments, before anything is written.
+    fallback: Literal["pooled", "none"] = "pooled"
+
+    @field_validator("values")
+    @classmethod
+    def _distinct(cls, values: list[str] | None) -> list[str] | None:
+        if values is not None:
+            values = [str(v) for v in values]
+            slugs = Counter(segment_slug(v) for v in values)
+            clash = sorted(v for v in values if slugs[segment_slug(v)] > 1)
+            if clash:
+                raise ValueError(f"segment values {clash} share a model name: make them differ in letters or digits")
+        return values
+
+
+_SLUG = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def segment_slug(value: Any) -> str:
+    """A segment value as it appears in its registered model's name (`<model_name>__<slug>`)."""
+    slug = _SLUG.sub("-", str(value)).strip("-.")
+    if not slug:
+        raise ConfigError(f"segment value {value!r} has no letters or digits to name its model with")
+    return slug[:80]
+
+
 class Serving(_Strict):
     rollout: Rollout = Rollout()
     decision: RolloutDecision = RolloutDecision()
@@ -514,6 +562,9 @@ class PipelineConfig(_Strict):
     performance: Performance = Performance()
     # The registered model's name in MLflow (default: the pipeline's name).
     model_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")] | None = None
+    # One model per value of a column (segment models), each its own registered model.
+    segments: Segments | None = None
+    _segment: str | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _consistent(self) -> PipelineConfig:
@@ -554,7 +605,38 @@ class PipelineConfig(_Strict):
             )
         if self.serving.rollout.sticky_by == self.target:
             raise ValueError("serving.rollout.sticky_by: the target is not known when a prediction is asked for")
+        if self.segments is not None:
+            self._check_segments(self.segments)
         return self
+
+    def _check_segments(self, segments: Segments) -> None:
+        if segments.column in (self.target, self.id_column, self.timestamp_column):
+            raise ValueError(f"segments.column: {segments.column!r} is the target, id or timestamp column")
+        if self.gate.mode in ("approve", "canary"):
+            raise ValueError(
+                f"segments: gate.mode {self.gate.mode!r} is not available for segment models (one approval or "
+                "canary per segment); use enforce, dry_run or off"
+            )
+        if self.serving.rollout.mode != "none":
+            raise ValueError("segments: serving.rollout is not available for segment models")
+        if len(self.registered_model_name) > 110:
+            raise ValueError("segments: model_name must be at most 110 characters (segment names are appended)")
+
+    def for_segment(self, value: Any) -> PipelineConfig:
+        """This pipeline restricted to one segment: its own artifacts, experiment and registered model."""
+        if self.segments is None:
+            raise ConfigError(f"pipeline {self.name!r} has no segments")
+        slug = segment_slug(value)
+        copy = self.model_copy(
+            update={"name": f"{self.name}__{slug}", "model_name": f"{self.registered_model_name}__{slug}"}
+        )
+        copy._segment = str(value)
+        return copy
+
+    @property
+    def segment(self) -> str | None:
+        """The segment value this config is restricted to (for_segment), else None."""
+        return self._segment
 
     def _check_metric(self, metric: str, where: str) -> None:
         if metric not in METRICS:

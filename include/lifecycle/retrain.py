@@ -75,6 +75,10 @@ def prepare_features(
     from lifecycle.features import build_preprocessor, feature_types, input_columns, split_bounds, time_split
 
     frame = storage.read_parquet(snapshot_uri, sha256)
+    if config.segment is not None:  # a segment model trains on its segment's rows of the pipeline's window
+        from lifecycle.segments import rows_of
+
+        frame = rows_of(config, frame)
     parts = time_split(frame, config)
     uris = {
         name: storage.write_parquet(storage.artifact_uri(config.name, run_id, "features", f"{name}.parquet"), part)[
@@ -524,6 +528,10 @@ def promote(
             )  # fmt: skip
         finally:
             engine.dispose()
+    if version and config.segment is not None:
+        from lifecycle.segments import tag_registered_model
+
+        tag_registered_model(config)  # batch prediction finds the pipeline's segment models by these tags
     if model_id:
         client.set_logged_model_tags(model_id, tags)
     client.set_tag(mlflow_run_id, "gate.action", action)

@@ -244,6 +244,54 @@ def partition_row_groups(row_groups: int, partitions: int) -> list[list[int]]:
 
 
 SCORES_SCHEMA = pa.schema([("entity_id", pa.string()), ("score", pa.float64()), ("label", pa.string())])
+# Segment models: each row also names the model that scored it.
+SEGMENT_SCORES_SCHEMA = pa.schema([*SCORES_SCHEMA, ("model_name", pa.string()), ("model_version", pa.string())])
+
+
+class SegmentRouter:
+    """Scores each row with its segment's champion; a model is loaded the first time its segment appears."""
+
+    def __init__(
+        self, config: PipelineConfig, champions: dict[str, dict[str, Any]], fallback: dict[str, Any] | None = None
+    ):
+        self.config = config
+        self.champions = champions
+        self.fallback = fallback  # the pooled model, for rows of segments without a champion of their own
+        self._models: dict[str, Any] = {}
+
+    def champion(self, segment: str) -> dict[str, Any] | None:
+        return self.champions.get(segment, self.fallback)
+
+    def model(self, segment: str) -> Any:
+        uri = self.champion(segment)["model_uri"]  # type: ignore[index]
+        if uri not in self._models:
+            from lifecycle import model_trust
+
+            self._models[uri] = model_trust.load(uri)
+        return self._models[uri]
+
+    def score(self, chunk: pd.DataFrame) -> pa.Table:
+        from lifecycle.features import input_columns
+        from lifecycle.segments import segment_values
+
+        column = self.config.segments.column  # type: ignore[union-attr]
+        segments = segment_values(chunk, column).fillna("<missing>").to_numpy(dtype=object)
+        frame = chunk[input_columns(self.config, chunk)]
+        rows = len(chunk)
+        score, label = np.empty(rows, dtype=float), np.empty(rows, dtype=object)
+        names, versions = np.empty(rows, dtype=object), np.empty(rows, dtype=object)
+        for segment in pd.unique(segments):
+            champion = self.champion(segment)
+            if champion is None:  # validation refuses such a batch first; this guards a direct call
+                raise ScoringBatchError(f"column {column!r}: segment {segment!r} has no champion; nothing was scored")
+            at = np.flatnonzero(segments == segment)
+            score[at], label[at] = predict(
+                self.config, self.model(segment), frame.iloc[at], self.config.prediction.threshold
+            )
+            names[at], versions[at] = champion["model_name"], champion["version"]
+        ids = chunk[self.config.id_column].astype(str).to_numpy()
+        columns = {"entity_id": ids, "score": score, "label": label, "model_name": names, "model_version": versions}
+        return pa.table(columns, schema=SEGMENT_SCORES_SCHEMA)
 
 
 def score_partition(
@@ -259,13 +307,17 @@ def score_partition(
     and worker slots account for (a thread pool here would take cores no slot was given).
     """
     rows = 0
+    routed = isinstance(model, SegmentRouter)
+    schema = SEGMENT_SCORES_SCHEMA if routed else SCORES_SCHEMA
     with tempfile.TemporaryDirectory() as work:
         batch = pq.ParquetFile(storage.local_copy(batch_uri, work))
         out = Path(work) / "scores.parquet"
-        # Dictionary-encode the label only: the ids are unique, a dictionary of them is work thrown away.
-        with pq.ParquetWriter(out, SCORES_SCHEMA, use_dictionary=["label"]) as writer:
+        # Dictionary-encode the repeated strings only: the ids are unique, a dictionary of them is work thrown away.
+        repeated = ["label", "model_name", "model_version"] if routed else ["label"]
+        with pq.ParquetWriter(out, schema, use_dictionary=repeated) as writer:
             for group in row_groups:
-                scored = _score_chunk(config, model, batch.read_row_group(group).to_pandas())
+                chunk = batch.read_row_group(group).to_pandas()
+                scored = model.score(chunk) if routed else _score_chunk(config, model, chunk)
                 writer.write_table(scored)
                 rows += scored.num_rows
         storage.upload_file(out, out_uri)
@@ -317,7 +369,9 @@ def prediction_rows(
     }
     for uri in part_uris:
         parquet = pq.ParquetFile(storage.local_copy(uri, work))
-        for batch in parquet.iter_batches(batch_size=chunk_size, columns=["entity_id", "score", "label"]):
+        routed = "model_name" in parquet.schema_arrow.names  # segment models: each row names its model
+        columns = ["entity_id", "score", "label", *(["model_name", "model_version"] if routed else [])]
+        for batch in parquet.iter_batches(batch_size=chunk_size, columns=columns):
             rows = batch.num_rows
             yield pa.table(
                 {
@@ -326,8 +380,10 @@ def prediction_rows(
                     "entity_id": batch.column("entity_id"),
                     "score": batch.column("score"),
                     "label": batch.column("label"),
-                    "model_name": pa.repeat(constants["model_name"], rows),
-                    "model_version": pa.repeat(constants["model_version"], rows),
+                    "model_name": batch.column("model_name") if routed else pa.repeat(constants["model_name"], rows),
+                    "model_version": (
+                        batch.column("model_version") if routed else pa.repeat(constants["model_version"], rows)
+                    ),
                     "airflow_run_id": pa.repeat(constants["airflow_run_id"], rows),
                     "scored_at": pa.repeat(constants["scored_at"], rows),
                 }

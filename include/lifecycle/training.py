@@ -17,6 +17,9 @@ from lifecycle.features import build_preprocessor, input_columns
 from lifecycle.metrics import SCORERS
 
 
+SMALL_SEARCH_ROWS = 10_000  # below this many training rows a search runs without worker processes
+
+
 def available_cores() -> int:
     """Cores this worker may use: LIFECYCLE_WORKER_CORES (a share of a bigger host, a quota the process cannot
     see), else joblib's count (which honours CPU affinity and container quotas)."""
@@ -99,6 +102,9 @@ def make_search(
     plan: dict[str, int] | None = None,
 ) -> Any:
     plan = plan or thread_plan()
+    # A small training set searches in the task's own process: starting worker processes (each importing
+    # LightGBM and scikit-learn) costs seconds, the fits milliseconds (a segment model has a few thousand rows).
+    jobs = plan["search_jobs"] if len(frame) >= SMALL_SEARCH_ROWS else 1
     pipeline = Pipeline(
         [
             ("features", build_preprocessor(config, frame)),
@@ -109,7 +115,7 @@ def make_search(
     common = {
         "scoring": _scoring(config, frame),
         "cv": TimeSeriesSplit(n_splits=config.training.cv_folds),
-        "n_jobs": plan["search_jobs"],
+        "n_jobs": jobs,
         "refit": True,
         "error_score": "raise",
     }

@@ -55,6 +55,8 @@ def create_app(
     settings = settings or serving_settings()
     if configs is None:
         configs, errors = load_pipelines()
+        # Segment models are scored in batches only: online routing by segment is not built (docs/segments.md).
+        configs = [c for c in configs if c.segments is None]
         for error in errors:
             log.error("not served: %s", error)
     runtime = _Runtime()
