@@ -39,11 +39,11 @@ def _store_effects(count: int, seed: int) -> pd.DataFrame:
     )
 
 
-def orders(day: dt.date, store_count: int = 24, rows: int = 1500, seed: int = 11) -> pd.DataFrame:
+def orders(day: dt.date, store_count: int = 24, rows: int = 1500, seed: int = 11, skew: float = 0.7) -> pd.DataFrame:
     """One day's orders with the label; deterministic for a given day, store count and seed."""
     rng = np.random.default_rng([seed, day.toordinal()])
     names = stores(store_count)
-    weights = 1.0 / np.arange(1, store_count + 1) ** 0.7
+    weights = 1.0 / np.arange(1, store_count + 1) ** skew  # skew 0: every store the same size
     weekend = day.weekday() >= 5
     rows = int(rows * (1.3 if weekend else 1.0))
     store = rng.choice(names, rows, p=weights / weights.sum()).astype(object)
@@ -79,14 +79,16 @@ def orders(day: dt.date, store_count: int = 24, rows: int = 1500, seed: int = 11
     )
 
 
-def write(root: str | Path, start: dt.date, end: dt.date, store_count: int = 24, rows: int = 1500) -> Path:
+def write(
+    root: str | Path, start: dt.date, end: dt.date, store_count: int = 24, rows: int = 1500, skew: float = 0.7
+) -> Path:
     """Daily Parquet partitions `orders/date=YYYY-MM-DD/part.parquet` under `root`, start to end inclusive."""
     root = Path(root)
     day = start
     while day <= end:
         out = root / "orders" / f"date={day.isoformat()}" / "part.parquet"
         out.parent.mkdir(parents=True, exist_ok=True)
-        orders(day, store_count, rows).to_parquet(out, index=False)
+        orders(day, store_count, rows, skew=skew).to_parquet(out, index=False)
         day += dt.timedelta(days=1)
     return root
 
@@ -98,8 +100,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--end", type=dt.date.fromisoformat, required=True)
     parser.add_argument("--stores", type=int, default=24)
     parser.add_argument("--rows", type=int, default=1500, help="orders per weekday (weekends: 30%% more)")
+    parser.add_argument("--skew", type=float, default=0.7, help="store sizes ~ 1/rank**skew (0: all equal)")
     args = parser.parse_args(argv)
-    print(write(args.root, args.start, args.end, args.stores, args.rows))
+    print(write(args.root, args.start, args.end, args.stores, args.rows, args.skew))
 
 
 if __name__ == "__main__":
