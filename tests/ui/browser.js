@@ -94,7 +94,9 @@ async function models(page) {
     const metric = chart('chart-metric'), perf = chart('chart-performance');
     if (!metric || !perf) return { missing: true };
     const i = perf.data.datasets.findIndex((d) => d.role === 'realised' && d.version === hover.version);
-    const j = i < 0 ? -1 : perf.data.datasets[i].data.findIndex((p) => p.batch === hover.batch);
+    // A point's batch is the x label nearest it (versions scored on one batch sit side by side around it).
+    const labels = JSON.parse(document.getElementById('chart-performance-data').textContent).x_labels;
+    const j = i < 0 ? -1 : perf.data.datasets[i].data.findIndex((p) => p.y !== null && labels[Math.round(p.x)] === hover.batch);
     const at = j < 0 ? null : perf.getDatasetMeta(i).data[j];
     return {
       library: window.Chart.version, metric_points: count(metric, 'metric'),

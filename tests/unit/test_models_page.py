@@ -317,8 +317,21 @@ def _chart(page: str, chart_id: str) -> dict:
     return json.loads(found.group(1))
 
 
+def _rows(dataset: dict) -> list[dict]:
+    """A dataset's columns (x, y, text, r, champion) as one dict per point."""
+    keys = [k for k in ("x", "y", "text", "r", "champion") if k in dataset]
+    return [dict(zip(keys, values, strict=True)) for values in zip(*(dataset[k] for k in keys), strict=True)]
+
+
 def _points(data: dict, role: str) -> list[dict]:
-    return [p for d in data["datasets"] if d["role"] == role for p in d["points"] if p["y"] is not None]
+    return [p for d in data["datasets"] if d["role"] == role for p in _rows(d) if p["y"] is not None]
+
+
+def _marks(data: dict, role: str) -> list[tuple[str, str, dict]]:
+    """(batch, version, point) of a role's points: the batch is the x label nearest the point (versions scored
+    on the same batch sit side by side around it), the version its dataset's."""
+    return [(data["x_labels"][round(p["x"])], d["version"], p) for d in data["datasets"] if d["role"] == role
+            for p in _rows(d) if p["y"] is not None]  # fmt: skip
 
 
 def test_the_page_shows_runs_links_charts_and_escapes_what_it_shows(demo):
@@ -341,21 +354,20 @@ def test_the_page_shows_runs_links_charts_and_escapes_what_it_shows(demo):
     assert 'href="/base/lifecycle/pipelines/demo_churn/runs/drift__2/drift"' in page
     # Charts: the metric per version (the champion marked), rows per batch, PSI with its threshold, JS distance.
     metric = _chart(page, "chart-metric")
-    assert [(p["version"], p["y"], p.get("champion", False)) for p in _points(metric, "metric")] == [
-        ("1", pytest.approx(0.80), False), ("2", pytest.approx(0.83), True),
+    assert [(metric["x_labels"][p["x"]], p["y"], bool(p.get("champion"))) for p in _points(metric, "metric")] == [
+        ("v1", pytest.approx(0.80), False), ("v2", pytest.approx(0.83), True),
     ]  # fmt: skip
-    assert metric["x_labels"] == ["v1", "v2"]
+    assert metric["datasets"][0]["text"][-1] == "version 2: roc_auc 0.8300 (champion)"
     rows = _chart(page, "chart-rows")
     assert [p["text"] for p in _points(rows, "bar")][-1] == "2026-03-08: 400 rows (model version 2)"
     psi = _chart(page, "chart-psi")
     assert [d["label"] for d in psi["datasets"]] == ["monthly_spend", "prediction", "sessions_30d", "threshold 0.2"]
     assert [p["y"] for p in _points(psi, "threshold")] == [0.2, 0.2]
-    # The drifted batches are marked and say so on hover: monthly_spend over 0.2 on the last two batches.
-    spend = next(d for d in psi["datasets"] if d["label"] == "monthly_spend")["points"]
-    assert [(p["text"], p.get("r")) for p in spend] == [
-        ("monthly_spend 2026-03-06: 0.100", None), ("monthly_spend 2026-03-07: 0.350 (drifted)", 3),
-        ("monthly_spend 2026-03-08: 0.500 (drifted)", 3),
-    ]  # fmt: skip
+    # The drifted batches are marked (and said so on hover): monthly_spend over 0.2 on the last two batches.
+    spend = next(d for d in psi["datasets"] if d["label"] == "monthly_spend")
+    assert (spend["x"], spend["y"], spend["r"], spend["drifted"], spend["digits"]) == (
+        [0, 1, 2], [0.1, 0.35, 0.5], [None, 3, 3], [1, 2], 3,
+    )  # fmt: skip
     assert [d["label"] for d in _chart(page, "chart-js")["datasets"]] == ["cat_device", "threshold 0.1"]
     assert "sessions_30d <b>(1 over)</b>" in page  # the legend
     # Rollback: to version 1 only, with the expected champion sent along (the script posts it).
@@ -552,8 +564,8 @@ def test_the_performance_chart_draws_realised_estimated_references_trigger_and_f
     assert 'data-readout="chart-performance-readout"' in page and 'id="chart-performance-readout"' in page
     assert data["x_labels"] == ["2026-03-06", "2026-03-07", "2026-03-08"]
 
-    realised = [(p["batch"], p["version"]) for p in _points(data, "realised")]
-    estimated = [(p["batch"], p["version"]) for p in _points(data, "estimated")]
+    realised = [(batch, version) for batch, version, _ in _marks(data, "realised")]
+    estimated = [(batch, version) for batch, version, _ in _marks(data, "estimated")]
     assert realised == [("2026-03-06", "1"), ("2026-03-07", "2")]  # only where labels arrived
     assert sorted(estimated) == [("2026-03-06", "1"), ("2026-03-07", "1"), ("2026-03-07", "2"), ("2026-03-08", "2")]
     # One colour per version, for its values, its intervals and its holdout reference.
@@ -562,7 +574,7 @@ def test_the_performance_chart_draws_realised_estimated_references_trigger_and_f
     assert set(colours.values()) == {"#1f77b4", "#ff7f0e"} and len(colours) == 10
     assert {v for (_, v), c in colours.items() if c == "#1f77b4"} == {"1"}
     # Values on hover, with interval and labelled rows; the estimate where labels have not arrived.
-    texts = [p["text"] for d in data["datasets"] for p in d["points"] if p.get("text")]
+    texts = [p["text"] for d in data["datasets"] for p in _rows(d) if p.get("text")]
     assert "2026-03-07 · v2 · realised roc_auc 0.7600 [0.7100, 0.8000] on 120 of 250 rows labelled" in texts
     assert "2026-03-08 · v2 · estimated roc_auc 0.7700 from 400 scored rows" in texts
     assert ("2026-03-07 · v2 · estimated roc_auc 0.8000 [0.7700, 0.8300] from 250 scored rows; error +0.0400 vs "
@@ -571,18 +583,18 @@ def test_the_performance_chart_draws_realised_estimated_references_trigger_and_f
     assert [(p["y"]) for p in _points(data, "realised_ci")] == pytest.approx([0.74, 0.82, 0.71, 0.80])
     assert [(p["y"]) for p in _points(data, "estimated_ci")] == pytest.approx([0.77, 0.83])
     # Two versions in one batch sit side by side, not on top of each other.
-    xs = {(p["batch"], p["version"]): p["x"] for p in _points(data, "estimated")}
+    xs = {(batch, version): p["x"] for batch, version, p in _marks(data, "estimated")}
     assert xs[("2026-03-07", "1")] < xs[("2026-03-07", "2")] < xs[("2026-03-08", "2")]
     assert xs[("2026-03-06", "1")] == 0 and abs(xs[("2026-03-07", "2")] - 1) < 0.5
     # Lines join a version's consecutive batches: both versions' estimates; no two realised values in a row.
-    lines = {role: [s for d in data["datasets"] if d["role"] == role for s in _segments(d["points"])]
+    lines = {role: [s for d in data["datasets"] if d["role"] == role for s in _segments(_rows(d))]
              for role in ("realised", "estimated")}  # fmt: skip
     assert len(lines["estimated"]) == 2 and lines["realised"] == []
 
     def y_of(role: str, text: str) -> float:
-        rule = next(d for d in data["datasets"] if d["role"] == role and d["points"][0]["text"] == text)
-        assert rule["points"][0]["y"] == rule["points"][1]["y"]
-        return rule["points"][0]["y"]
+        rule = next(d for d in data["datasets"] if d["role"] == role and d["text"][0] == text)
+        assert rule["y"][0] == rule["y"][1] and rule["text"] == [text, text]
+        return rule["y"][0]
 
     reference = y_of("reference", "v2 holdout roc_auc 0.8300")
     trigger = y_of("trigger", "v2 retrain trigger: roc_auc below 0.7800 (holdout 0.8300 − 0.05)")
@@ -633,7 +645,7 @@ def test_the_trigger_follows_the_metric_direction_and_the_policy(make_config, tm
         assert view.performance.trigger(reference) == pytest.approx(expected)
         assert view.performance.floor is None
         chart = models_page.performance_chart(view)
-        ys = {d["role"]: d["points"][0]["y"] for d in chart.data["datasets"] if d["role"] in ("reference", "trigger")}
+        ys = {d["role"]: d["y"][0] for d in chart.data["datasets"] if d["role"] in ("reference", "trigger")}
         # Lower-is-better: the policy fires above the holdout's value, so the line is drawn above it.
         assert (ys["trigger"] > ys["reference"]) == (metric == "log_loss"), (metric, ys)
         assert ys["trigger"] == pytest.approx(expected)
@@ -690,7 +702,7 @@ def test_html_in_stored_values_is_escaped_in_the_chart_and_tables(make_config, t
     # The chart's JSON cannot close its script element, and reads back as the stored text (drawn as text).
     raw = re.search(r'id="chart-performance-data">(.*?)</script>', page, re.S).group(1)
     assert "<" not in raw and ">" not in raw
-    assert {p["version"] for p in _points(json.loads(raw), "realised")} == {hostile}
+    assert {version for _, version, _ in _marks(json.loads(raw), "realised")} == {hostile}
 
 
 def test_a_performance_table_of_another_shape_is_an_error_that_hides_only_itself(demo, make_config, tmp_path):

@@ -18,8 +18,9 @@
 
   // ------------------------------------------------------------------------------------------ charts
   // Each <canvas data-chart="ID"> gets its data from <script type="application/json" id="ID">, built by
-  // lifecycle.models_page: datasets of points {x, y, text}, where y null breaks a line and `text` is what
-  // hovering the point shows. A dataset's `role` says how it is drawn; a point's `r` overrides its radius.
+  // lifecycle.models_page (Chart.data there): datasets in columns x, y and maybe text, r, champion, where a
+  // y of null breaks a line and `text` is what hovering the point shows (or, with `digits`, "<label>
+  // <x label>: <y>"). A dataset's `role` says how it is drawn; a point's `r` overrides its radius.
   var WARN = '#b45309', BAD = '#b91c1c';
   var ROLES = {
     metric: { line: true, width: 2, radius: 3.5, order: 0 },
@@ -41,7 +42,22 @@
     return 'rgba(' + (n >> 16 & 255) + ',' + (n >> 8 & 255) + ',' + (n & 255) + ',' + a + ')';
   }
 
-  function dataset(spec) {
+  function points(spec, labels) {
+    var drifted = {};
+    (spec.drifted || []).forEach(function (i) { drifted[i] = true; });
+    return spec.x.map(function (x, i) {
+      var y = spec.y[i], point = { x: x, y: y };
+      if (spec.text) point.text = spec.text[i];
+      else if (spec.digits !== undefined && y !== null) {
+        point.text = spec.label + ' ' + labels[x] + ': ' + y.toFixed(spec.digits) + (drifted[i] ? ' (drifted)' : '');
+      }
+      if (spec.r && spec.r[i] !== null) point.r = spec.r[i];
+      if (spec.champion && spec.champion[i]) point.champion = true;
+      return point;
+    });
+  }
+
+  function dataset(spec, labels) {
     var role = ROLES[spec.role] || ROLES.feature;
     var color = spec.color || role.color || '#64748b';
     var stroke = role.alpha ? alpha(color, role.alpha) : color;
@@ -54,7 +70,7 @@
     var fill = function (ctx) { return ctx.raw && ctx.raw.champion ? GOLD : (role.hollow ? '#fff' : color); };
     var edge = function (ctx) { return ctx.raw && ctx.raw.champion ? GOLD_EDGE : stroke; };
     var out = {
-      label: spec.label, role: spec.role, version: spec.version, data: spec.points, order: role.order,
+      label: spec.label, role: spec.role, version: spec.version, data: points(spec, labels), order: role.order,
       borderColor: stroke, backgroundColor: color, borderWidth: role.width || 1, borderDash: role.dash || [],
       showLine: !!role.line, spanGaps: false, fill: false, tension: 0,
       pointRadius: radius, pointHoverRadius: function (ctx) { return role.quiet ? radius(ctx) : radius(ctx) + 2; },
@@ -82,7 +98,7 @@
     if (spec.y_min !== null) y.min = spec.y_min; else y.grace = '8%';
     return new Chart(canvas, {
       type: bar ? 'bar' : 'line',
-      data: { datasets: spec.datasets.map(dataset) },
+      data: { datasets: spec.datasets.map(function (d) { return dataset(d, labels); }) },
       options: {
         animation: false, responsive: true, maintainAspectRatio: false, normalized: true, parsing: true,
         interaction: { mode: 'nearest', intersect: true },
