@@ -260,12 +260,12 @@ def test_lifecycle_and_thread_plan_on_two_celery_workers(stack: Stack):
             rows, versions, ids = conn.execute(
                 sa.text(
                     "SELECT count(*), count(DISTINCT model_version), count(DISTINCT entity_id) FROM predictions "
-                    "WHERE pipeline = :p AND batch_key LIKE :b"
+                    "WHERE pipeline = :p AND CAST(batch_key AS text) LIKE :b"
                 ),
                 {"p": NAME, "b": f"{BATCH}%"},
             ).one()
             checked = conn.execute(
-                sa.text("SELECT count(*) FROM drift_metrics WHERE batch_key LIKE :b"), {"b": f"{BATCH}%"}
+                sa.text("SELECT count(*) FROM drift_metrics WHERE CAST(batch_key AS text) LIKE :b"), {"b": f"{BATCH}%"}
             ).scalar()
     finally:
         engine.dispose()
