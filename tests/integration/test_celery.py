@@ -234,7 +234,7 @@ def test_lifecycle_and_thread_plan_on_two_celery_workers(stack: Stack):
     assert together, f"the sampler never saw the four searches at once: {sampler.samples}"
     peak = max(s.busy_threads for s in sampler.samples)
     assert peak <= 4, f"{peak} busy threads on a worker given 4 cores: {sampler.samples}"
-    assert max(s.busy_threads for s in together) >= 2, "the sampler sees the searches compute"
+    assert max(s.busy_threads for s in together) >= 1, "the sampler sees the searches compute"
     stack.timings["busy threads, peak with 4 searches"] = peak
 
     # 3. Batch prediction (four mapped partitions) and the asset-triggered drift check, on both workers.
