@@ -91,7 +91,8 @@ def build(config: PipelineConfig) -> DAG:
             at = batch_predict.resolve_time(params.get("batch_date"), context.get("logical_date"), run.run_after)
             url = sqlalchemy_url(config.prediction.conn_id)
             champion = batch_predict.resolve_champion(config, params.get("model") or "auto", run_type, at, url)
-            print(f"scoring with {champion['model_uri']}: {champion['chosen_by']}")
+            scorer = champion["model_uri"] or f"{champion['version']} of {champion['model_name']}"  # segment models
+            print(f"scoring with {scorer}: {champion['chosen_by']}")
             return champion
 
         @task
