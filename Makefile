@@ -6,18 +6,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 LOCAL := $(CURDIR)/.local
 
-# The embedded default: everything lives in the git-ignored .local/ folder.
-# Any of these can be overridden from the environment.
-export AIRFLOW_HOME ?= $(LOCAL)/airflow
-export AIRFLOW__CORE__DAGS_FOLDER ?= $(CURDIR)/dags
-export AIRFLOW__CORE__PLUGINS_FOLDER ?= $(CURDIR)/plugins
-export AIRFLOW__CORE__LOAD_EXAMPLES ?= False
-export MLFLOW_TRACKING_URI ?= sqlite:///$(LOCAL)/mlflow/mlflow.db
-export MLFLOW_ARTIFACT_ROOT ?= $(LOCAL)/mlflow/artifacts
-export ARTIFACT_ROOT ?= file://$(LOCAL)/artifacts
-export DATA_ROOT ?= $(LOCAL)/data
-export AIRFLOW_CONN_PREDICTIONS_DB ?= sqlite:///$(LOCAL)/predictions.db
-export PYTHONUNBUFFERED := 1
+# The embedded default (everything under the git-ignored .local/) is defined once, in lifecycle.settings; a recipe
+# that needs it starts with $(SETTINGS), which exports what the environment does not already set (yours wins).
+# It runs after $(STAMP), so a fresh machine gets the virtualenv first.
+SETTINGS = exports="$$($(PY) -m lifecycle.settings --export)" && eval "$$exports" &&
 
 .PHONY: help install demo test lint format airflow portable bench lock clean
 
@@ -35,11 +27,11 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 install: $(STAMP) ## Create .venv and install the pinned requirements
 
 demo: $(STAMP) ## Run the lifecycle end to end through Airflow on the embedded default
-	$(PY) scripts/demo.py
+	$(SETTINGS) $(PY) scripts/demo.py
 
 test: $(STAMP) ## Run the whole test suite (what CI runs)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest
+	$(SETTINGS) $(PY) -m pytest
 
 lint: $(STAMP) ## ruff check and format check
 	$(VENV)/bin/ruff check .
@@ -50,34 +42,39 @@ format: $(STAMP) ## Apply ruff's fixes and formatter
 	$(VENV)/bin/ruff format .
 
 airflow: $(STAMP) ## Start airflow standalone with the demo pipeline and print the UI address
-	$(PY) scripts/airflow_local.py
+	$(SETTINGS) $(PY) scripts/airflow_local.py
 
 .PHONY: check run
 
 check: $(STAMP) ## Check a pipeline YAML against its data: PIPELINE=<file> [DATE=<as-of>] [WINDOW=<days>]
 	@test -n "$(PIPELINE)" || { echo "usage: make check PIPELINE=include/pipelines/<name>.yaml [DATE=YYYY-MM-DD] [WINDOW=days]"; exit 2; }
-	$(PY) -m lifecycle check $(PIPELINE) $(if $(DATE),--as-of $(DATE)) $(if $(WINDOW),--window-days $(WINDOW))
+	$(SETTINGS) $(PY) -m lifecycle check $(PIPELINE) $(if $(DATE),--as-of $(DATE)) $(if $(WINDOW),--window-days $(WINDOW))
 
 run: $(STAMP) ## Run one DAG once on the embedded default: DAG=<dag_id> DATE=<YYYY-MM-DD> [CONF='{...}']
 	@test -n "$(DAG)" -a -n "$(DATE)" || { echo "usage: make run DAG=<pipeline>__retrain DATE=YYYY-MM-DD [CONF='{\"reason\": \"...\"}']"; exit 2; }
-	$(PY) -m lifecycle run $(DAG) $(DATE) $(if $(CONF),--conf '$(CONF)')
+	$(SETTINGS) $(PY) -m lifecycle run $(DAG) $(DATE) $(if $(CONF),--conf '$(CONF)')
 
 portable: $(STAMP) ## Load, predict and serve a champion from a clean virtualenv: PIPELINE=<file> [DATE=<batch>]
 	@test -n "$(PIPELINE)" || { echo "usage: make portable PIPELINE=include/pipelines/<name>.yaml [DATE=YYYY-MM-DD]"; exit 2; }
-	$(PY) -m lifecycle portable $(PIPELINE) $(if $(DATE),--date $(DATE))
+	$(SETTINGS) $(PY) -m lifecycle portable $(PIPELINE) $(if $(DATE),--date $(DATE))
+
+.PHONY: demo-segments
+
+demo-segments: $(STAMP) ## Segment models: one model per store for 24 stores, trained and used through Airflow
+	$(PY) scripts/demo_segments.py
 
 .PHONY: serve
 
 serve: $(STAMP) ## Serve every pipeline's champion over HTTP on the embedded default: [HOST=127.0.0.1] [PORT=8787]
-	$(PY) -m lifecycle serve $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
+	$(SETTINGS) $(PY) -m lifecycle serve $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
 bench: $(STAMP) ## Run the benchmark scripts and print their numbers
-	$(PY) benchmarks/parse_time.py
-	$(PY) benchmarks/grid_search.py
-	$(PY) benchmarks/write_speed.py
-	$(PY) benchmarks/scoring_memory.py
-	$(PY) benchmarks/batch_to_postgres.py
-	$(PY) benchmarks/models_page.py --check
+	$(SETTINGS) $(PY) benchmarks/parse_time.py
+	$(SETTINGS) $(PY) benchmarks/grid_search.py
+	$(SETTINGS) $(PY) benchmarks/write_speed.py
+	$(SETTINGS) $(PY) benchmarks/scoring_memory.py
+	$(SETTINGS) $(PY) benchmarks/batch_to_postgres.py
+	$(SETTINGS) $(PY) benchmarks/models_page.py --check
 
 lock: ## Re-pin requirements*.txt from requirements*.in
 	uv pip compile -q requirements.in --python-version 3.11 -o requirements.txt

@@ -16,8 +16,10 @@ import sys
 import time
 from pathlib import Path
 
+from lifecycle.settings import LOCAL_DIR as LOCAL  # where the embedded default keeps its state
+from lifecycle.settings import embedded_environment
+
 REPO = Path(__file__).resolve().parents[1]
-LOCAL = REPO / ".local"
 PIPELINE = "demo_churn"
 
 DATA_START = dt.date(2026, 1, 1)
@@ -31,8 +33,6 @@ BACKFILL_DAYS = [dt.date(2026, 3, 13) + dt.timedelta(days=i) for i in range(7)] 
 
 def embedded_defaults() -> dict[str, str]:
     """The embedded default; DAGs start paused: the demo unpauses what it runs, so no cron run sneaks in."""
-    from lifecycle.settings import embedded_environment
-
     # LIFECYCLE_SIMULATED_CLOCK: weeks of days replayed in minutes, so each promotion is dated at its as-of day in
     # the registry history (by the wall clock every move would come after every simulated batch).
     return {**embedded_environment(), "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",

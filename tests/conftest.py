@@ -12,25 +12,22 @@ from pathlib import Path
 
 import pytest
 
+from lifecycle.settings import embedded_environment
+
 REPO = Path(__file__).resolve().parents[1]
 SESSION_DIR = Path(tempfile.mkdtemp(prefix="lifecycle-tests-"))
 
+# The embedded default of lifecycle.settings, its state under this session's folder, plus what only tests set.
+# Every value is set, not defaulted: a variable exported in the developer's shell must not reach the tests.
 TEST_ENV = {
-    "AIRFLOW_HOME": str(SESSION_DIR / "airflow"),
-    "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-    "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    **embedded_environment(SESSION_DIR),
     "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-    "MLFLOW_TRACKING_URI": f"sqlite:///{SESSION_DIR / 'mlflow.db'}",
-    "MLFLOW_ARTIFACT_ROOT": str(SESSION_DIR / "mlartifacts"),
-    "ARTIFACT_ROOT": f"file://{SESSION_DIR / 'artifacts'}",
-    "DATA_ROOT": str(SESSION_DIR / "data"),
-    "AIRFLOW_CONN_PREDICTIONS_DB": f"sqlite:///{SESSION_DIR / 'predictions.db'}",
     "LIFECYCLE_RETRY_DELAY_SECONDS": "1",
-    "GX_ANALYTICS_ENABLED": "false",
-    "MLFLOW_ENABLE_TELEMETRY": "false",
     "DO_NOT_TRACK": "true",
 }
+for _value in TEST_ENV.values():  # SQLite creates its file, not the folder it lives in
+    if _value.startswith("sqlite:///"):
+        Path(_value.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
 os.environ.update(TEST_ENV)
 
 # The demo data the Airflow tests train on: 60 days, drift injected from day 50.
