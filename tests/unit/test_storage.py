@@ -1,195 +1,191 @@
-"""The file:// side of the artifact store (S3 is tested elsewhere)."""
+"""lifecycle.storage on fsspec: the local filesystem, and S3 through s3fs on moto's HTTP server with the connection
+given as AIRFLOW_CONN_AWS_DEFAULT and resolved by Airflow's own lookup."""
 
 from __future__ import annotations
 
 import hashlib
-import io
+import importlib.util
+import json
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from lifecycle import storage
-from lifecycle.storage import ArtifactStoreError
+
+BUCKET = "storage-unit"
+
+
+def _moto_module():
+    """tests/integration/moto_s3.py, loaded by path as tests/integration/conftest.py loads it (tests/ is no package)."""
+    name = "lifecycle_tests_moto_s3"
+    if name not in sys.modules:
+        path = Path(__file__).parents[1] / "integration" / "moto_s3.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+s3_endpoint = _moto_module().s3_endpoint
 
 
 @pytest.fixture
-def root(tmp_path, monkeypatch):
-    monkeypatch.setenv("ARTIFACT_ROOT", f"file://{tmp_path}/artifacts/")
-    return tmp_path / "artifacts"
+def local_root(tmp_path, monkeypatch) -> str:
+    monkeypatch.setenv("ARTIFACT_ROOT", f"file://{tmp_path / 'store'}")
+    return f"file://{tmp_path / 'store'}"
 
 
-def leftovers(directory):
-    return sorted(p.name for p in directory.rglob(".*"))
+@pytest.fixture(scope="module")
+def s3_root(s3_endpoint) -> str:
+    """The store on moto's S3 endpoint, its keys and endpoint only in the Airflow connection's variable."""
+    import airflow.sdk  # noqa: F401  (loaded: the lookup goes through Airflow's Connection.get)
+
+    connection = {
+        "conn_type": "aws",
+        "login": "testing",
+        "password": "testing",
+        "extra": {"endpoint_url": s3_endpoint["url"], "region_name": "us-east-1"},
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_PROFILE"):
+            patch.delenv(key, raising=False)
+        patch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(connection))
+        patch.setenv("LIFECYCLE_S3_CONN_ID", "aws_default")
+        patch.setenv("ARTIFACT_ROOT", f"s3://{BUCKET}/artifacts")
+        storage.s3_client.cache_clear()
+        storage.s3_client().create_bucket(Bucket=BUCKET)
+        yield f"s3://{BUCKET}/artifacts"
+        storage.s3_client.cache_clear()
 
 
-@pytest.mark.parametrize("scheme", ["file://", ""])
-def test_bytes_round_trip(tmp_path, scheme):
-    uri = f"{scheme}{tmp_path}/deep/er/blob.bin"
+ROOTS = ["local_root", "s3_root"]
+
+
+@pytest.fixture(params=ROOTS)
+def root(request) -> str:
+    return request.getfixturevalue(request.param)
+
+
+def test_the_connection_comes_through_airflows_lookup(s3_root, s3_endpoint, monkeypatch):
+    from airflow.sdk import Connection
+
+    assert "airflow.sdk" in sys.modules
+    conn = Connection.get("aws_default")  # what storage asks: the same answer, endpoint in its extras
+    assert storage.s3_options() == {
+        "aws_access_key_id": conn.login,
+        "aws_secret_access_key": conn.password,
+        "endpoint_url": s3_endpoint["url"],
+        "region_name": "us-east-1",
+    }
+    # Airflow's URI form of the same connection, under another id the settings name.
+    uri = f"aws://key2:secret%2F2@/?endpoint_url={s3_endpoint['url'].replace(':', '%3A')}&region_name=eu-west-1"
+    monkeypatch.setenv("AIRFLOW_CONN_OTHER_S3", uri)
+    monkeypatch.setenv("LIFECYCLE_S3_CONN_ID", "other_s3")
+    assert storage.s3_options() == {
+        "aws_access_key_id": "key2",
+        "aws_secret_access_key": "secret/2",
+        "endpoint_url": s3_endpoint["url"],
+        "region_name": "eu-west-1",
+    }
+    monkeypatch.setenv("LIFECYCLE_S3_CONN_ID", "not_defined_anywhere")
+    assert storage.s3_options() == {}, "no connection: botocore's own chain"
+
+
+def test_without_airflow_the_same_variable_is_read_the_same_way(s3_root, monkeypatch):
+    via_airflow = storage._airflow_connection("aws_default")
+    assert storage._connection_from_env("aws_default") == via_airflow
+    monkeypatch.setenv("AIRFLOW_CONN_BROKEN", "{not json")
+    with pytest.raises(storage.ArtifactStoreError, match="AIRFLOW_CONN_BROKEN"):
+        storage._connection_from_env("broken")
+
+
+def test_bytes_and_json_round_trip_and_overwrite_whole(root):
+    uri = storage.artifact_uri("p", "manual__2026-01-01T00:00:00+00:00", "raw", "a.json")
+    assert uri.startswith(root + "/p/manual__2026-01-01T00_00_00_00_00/")
     assert not storage.exists(uri)
-    assert storage.write_bytes(uri, b"\x00payload\xff") == uri
-    assert storage.exists(uri)
-    assert storage.read_bytes(uri) == b"\x00payload\xff"
-    assert (tmp_path / "deep" / "er" / "blob.bin").read_bytes() == b"\x00payload\xff"
+    storage.write_json(uri, {"b": 1, "a": [1, 2]})
+    assert storage.exists(uri) and storage.read_json(uri) == {"a": [1, 2], "b": 1}
+    storage.write_bytes(uri, b"second")
+    assert storage.read_bytes(uri) == b"second"
 
 
-def test_overwrite_replaces_whole_object(tmp_path):
-    uri = f"file://{tmp_path}/blob.bin"
-    storage.write_bytes(uri, b"a much longer first version")
-    storage.write_bytes(uri, b"short")
-    assert storage.read_bytes(uri) == b"short"
+def test_a_folder_is_not_an_object_on_s3(s3_root):
+    storage.write_bytes(f"{s3_root}/folder/x.bin", b"x")
+    assert not storage.exists(f"{s3_root}/folder"), "a prefix is not an object (as with head_object before)"
 
 
-def test_json_round_trip(tmp_path):
-    uri = f"file://{tmp_path}/report.json"
-    payload = {"b": [1, 2.5, None], "a": {"nested": True}, "when": pd.Timestamp("2026-01-01")}
-    storage.write_json(uri, payload)
-    assert storage.read_json(uri) == {"a": {"nested": True}, "b": [1, 2.5, None], "when": "2026-01-01 00:00:00"}
+def test_parquet_keeps_its_hash_and_refuses_tampering(root):
+    frame = pd.DataFrame({"id": range(1000), "v": [i / 3 for i in range(1000)], "c": ["a", "b"] * 500})
+    meta = storage.write_parquet(f"{root}/t/snap.parquet", frame)
+    assert meta["rows"] == 1000 and meta["schema"]["id"] == "int64"
+    assert meta["sha256"] == hashlib.sha256(storage.read_bytes(meta["uri"])).hexdigest()
+    pd.testing.assert_frame_equal(storage.read_parquet(meta["uri"], meta["sha256"]), frame)
+    storage.write_parquet(meta["uri"], frame.head(10))  # the same object, other content
+    with pytest.raises(storage.TamperedArtifactError, match="changed since it was written"):
+        storage.read_parquet(meta["uri"], meta["sha256"])
 
 
-def test_parquet_round_trip_with_hash_and_row_count(tmp_path):
-    frame = pd.DataFrame({"id": [1, 2, 3], "x": [0.5, None, 2.0], "c": ["a", None, "b"]})
-    uri = f"file://{tmp_path}/snap/frame.parquet"
-    meta = storage.write_parquet(uri, frame)
-    assert meta["uri"] == uri
-    assert meta["rows"] == 3
-    assert meta["schema"]["id"] == "int64" and meta["schema"]["x"] == "float64"
-    assert meta["sha256"] == hashlib.sha256(storage.read_bytes(uri)).hexdigest()
-    pd.testing.assert_frame_equal(storage.read_parquet(uri), frame)
-    # The hash is of the content: the same frame gives the same hash, another frame another one.
-    assert storage.write_parquet(f"file://{tmp_path}/again.parquet", frame)["sha256"] == meta["sha256"]
-    other = storage.write_parquet(f"file://{tmp_path}/other.parquet", frame.head(2))
-    assert other["sha256"] != meta["sha256"] and other["rows"] == 2
+def test_glob_matches_like_the_shell(root):
+    for name in ("d/2026-01-01/a.parquet", "d/2026-01-02/b.parquet", "d/2026-01-02/c.csv", "d/x/y/z.parquet"):
+        storage.write_bytes(f"{root}/{name}", b"1")
+    assert storage.glob(f"{root}/d/2026-01-0?/*.parquet") == [
+        f"{root}/d/2026-01-01/a.parquet",
+        f"{root}/d/2026-01-02/b.parquet",
+    ]
+    assert storage.glob(f"{root}/d/*.parquet") == [], "* stays within one segment"
+    assert f"{root}/d/x/y/z.parquet" in storage.glob(f"{root}/d/**/*.parquet")
+    assert storage.glob(f"{root}/d/2026-01-02/[!b]*") == [f"{root}/d/2026-01-02/c.csv"]
+    assert storage.glob(f"{root}/nothing/*") == []
 
 
-def test_write_leaves_no_temp_files(tmp_path):
-    for i in range(3):
-        storage.write_bytes(f"file://{tmp_path}/out/blob.bin", b"x" * (i + 1))
-    storage.write_json(f"file://{tmp_path}/out/a.json", {"k": 1})
-    storage.write_parquet(f"file://{tmp_path}/out/f.parquet", pd.DataFrame({"a": [1]}))
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.json", "blob.bin", "f.parquet"]
+def test_local_writes_leave_no_staged_file_and_glob_skips_one_in_flight(local_root):
+    folder = Path(local_root.removeprefix("file://")) / "w"
+    storage.write_bytes(f"{local_root}/w/a.bin", b"a")
+    assert [p.name for p in folder.iterdir()] == ["a.bin"]
+    (folder / ".b.bin.123.partial").write_bytes(b"half")  # another writer, mid-write
+    assert storage.glob(f"{local_root}/w/*") == [f"{local_root}/w/a.bin"]
 
 
-def test_readers_never_see_a_partial_object(tmp_path, monkeypatch):
-    """Atomic: the target only appears, complete, after the rename."""
-    uri = f"file://{tmp_path}/blob.bin"
-    seen = []
-    real_replace = storage.os.replace
-
-    def spy(src, dst):
-        seen.append((storage.exists(uri), open(src, "rb").read()))
-        real_replace(src, dst)
-
-    monkeypatch.setattr(storage.os, "replace", spy)
-    storage.write_bytes(uri, b"complete")
-    assert seen == [(False, b"complete")]
-    assert storage.read_bytes(uri) == b"complete"
+def test_upload_and_local_copy_stream_files(root, tmp_path):
+    source = tmp_path / "big.bin"
+    source.write_bytes(bytes(range(256)) * 40_000)  # 10 MB: a multipart upload on S3
+    uri = storage.upload_file(source, f"{root}/u/big.bin")
+    (tmp_path / "down").mkdir()
+    copy = storage.local_copy(uri, tmp_path / "down")
+    assert copy.read_bytes() == source.read_bytes()
+    assert storage.local_path(uri) == (copy if root.startswith("file://") else None)
+    assert [p.name for p in (tmp_path / "down").iterdir()] == ([] if root.startswith("file://") else ["big.bin"])
 
 
-def test_failed_write_leaves_no_temp_file(tmp_path):
-    (tmp_path / "target").mkdir()  # the rename onto a directory fails
-    with pytest.raises(ArtifactStoreError, match="target"):
-        storage.write_bytes(f"file://{tmp_path}/target", b"data")
-    assert leftovers(tmp_path) == []
+def test_missing_objects_are_errors_that_name_the_uri(root, tmp_path):
+    with pytest.raises(storage.ArtifactStoreError, match=f"could not read {root}/missing.json"):
+        storage.read_json(f"{root}/missing.json")
+    with pytest.raises(storage.ArtifactStoreError, match="could not read"):
+        storage.read_parquet(f"{root}/missing.parquet")
+    if root.startswith("s3://"):
+        with pytest.raises(storage.ArtifactStoreError, match="could not read"):
+            storage.local_copy(f"{root}/missing.bin", tmp_path)
+        assert list(tmp_path.iterdir()) == [], "no partial download left behind"
 
 
-def test_missing_file_read_names_the_uri(tmp_path):
-    uri = f"file://{tmp_path}/nope.json"
-    with pytest.raises(ArtifactStoreError, match="nope.json"):
-        storage.read_bytes(uri)
+def test_an_unreachable_endpoint_is_an_error_not_a_no(s3_root, monkeypatch):
+    dead = {"conn_type": "aws", "login": "x", "password": "y", "extra": {"endpoint_url": "http://127.0.0.1:9"}}
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(dead))
+    monkeypatch.setattr(storage, "_S3_CONFIG", {**storage._S3_CONFIG, "retries": {"max_attempts": 1}})
+    with pytest.raises(storage.ArtifactStoreError, match=f"could not check {s3_root}/a.json"):
+        storage.exists(f"{s3_root}/a.json")
+    with pytest.raises(storage.ArtifactStoreError, match=f"could not write {s3_root}/a.json"):
+        storage.write_json(f"{s3_root}/a.json", {})
+    with pytest.raises(storage.ArtifactStoreError, match="could not list"):
+        storage.glob(f"{s3_root}/*.json")
 
 
-def test_artifact_uri_layout(root):
-    uri = storage.artifact_uri("demo_churn", "manual__2026-01-01T00:00:00+00:00", "raw", "snapshot.parquet")
-    assert uri == f"file://{root}/demo_churn/manual__2026-01-01T00_00_00_00_00/raw/snapshot.parquet"
-    # The run key is one path segment of safe characters.
-    key = uri.split("/")[-3]
-    assert key == storage.run_key("manual__2026-01-01T00:00:00+00:00")
-    assert all(ch.isalnum() or ch in "._-" for ch in key)
-
-
-def test_artifact_uri_is_writable(root):
-    uri = storage.artifact_uri("demo_churn", "scheduled__2026-02-03T02:00:00+00:00", "evaluation", "d.json")
-    storage.write_json(uri, {"ok": True})
-    assert (root / "demo_churn" / "scheduled__2026-02-03T02_00_00_00_00" / "evaluation" / "d.json").exists()
-
-
-@pytest.mark.parametrize("run_id", ["manual__x/../../etc", "a b\tc", "weird::id++"])
-def test_run_key_has_no_separators(run_id):
-    key = storage.run_key(run_id)
-    assert "/" not in key and " " not in key and ":" not in key and "+" not in key
-    assert key
-
-
-@pytest.mark.parametrize("run_id", ["..", ".", "+"])
-def test_run_key_is_never_a_relative_or_empty_segment(run_id):
-    assert storage.run_key(run_id) not in ("", ".", "..")
-
-
-@pytest.mark.parametrize("uri", ["gs://bucket/key", "http://example.com/x", "ftp://h/x"])
-def test_unsupported_scheme_names_the_uri(uri):
-    for call in (
-        lambda: storage.write_bytes(uri, b"x"),
-        lambda: storage.read_bytes(uri),
-        lambda: storage.exists(uri),
-    ):
-        with pytest.raises(ArtifactStoreError) as info:
-            call()
-        assert uri in str(info.value)
-
-
-def test_local_path(tmp_path):
-    assert storage.local_path(f"file://{tmp_path}/a.csv") == tmp_path / "a.csv"
-    assert storage.local_path(f"{tmp_path}/a.csv") == tmp_path / "a.csv"
-    assert storage.local_path("s3://bucket/a.csv") is None
-
-
-def test_parquet_bytes_are_readable_by_pandas(tmp_path):
-    uri = f"file://{tmp_path}/f.parquet"
-    storage.write_parquet(uri, pd.DataFrame({"a": [1, 2]}))
-    assert pd.read_parquet(io.BytesIO(storage.read_bytes(uri)))["a"].tolist() == [1, 2]
-
-
-def test_a_uri_must_lie_under_an_allowed_prefix_by_whole_segments(tmp_path):
-    allowed = [str(tmp_path / "in"), "s3://bucket/uploads/"]
-    (tmp_path / "in").mkdir()
-    (tmp_path / "in" / "a.parquet").write_bytes(b"")
-    assert storage.require_under(str(tmp_path / "in" / "a.parquet"), allowed, "input_uri")
-    assert storage.require_under(f"file://{tmp_path}/in/a.parquet", allowed, "input_uri")
-    assert storage.require_under("s3://bucket/uploads/day/a.csv", allowed, "input_uri")
-    for outside in (
-        str(tmp_path / "inside-not.parquet"),  # a string prefix, not a folder of the allowed one
-        str(tmp_path / "in" / ".." / "secret.txt"),
-        "/etc/passwd",
-        "s3://bucket/uploadsx/a.csv",
-        "s3://other/uploads/a.csv",
-    ):
-        with pytest.raises(storage.OutsideAllowedPrefixError, match="input_uri .* is outside the prefixes"):
-            storage.require_under(outside, allowed, "input_uri")
-    with pytest.raises(storage.OutsideAllowedPrefixError, match="'..' segments"):
-        storage.require_under("s3://bucket/uploads/../private/a.csv", allowed, "input_uri")
-
-
-def test_a_symlink_out_of_an_allowed_folder_is_refused(tmp_path):
-    (tmp_path / "in").mkdir()
-    (tmp_path / "in" / "link").symlink_to("/etc")
+def test_unsupported_schemes_and_escapes_are_refused():
+    with pytest.raises(storage.ArtifactStoreError, match="unsupported artifact URI scheme 'gs'"):
+        storage.read_bytes("gs://bucket/key")
     with pytest.raises(storage.OutsideAllowedPrefixError):
-        storage.require_under(str(tmp_path / "in" / "link" / "passwd"), [str(tmp_path / "in")], "input_uri")
-
-
-def test_input_uri_defaults_to_the_folder_of_the_first_source(make_config):
-    from lifecycle.scoring import input_prefixes
-
-    config = make_config()
-    assert input_prefixes(config) == [config.sources[0].uri.split("date={date}")[0]]
-    assert input_prefixes(config)[0].endswith("/demo_churn/activity/")
-    chosen = make_config(prediction={"input_prefixes": ["s3://bucket/uploads"]})
-    assert input_prefixes(chosen) == ["s3://bucket/uploads"]
-
-
-def test_a_parquet_artifact_is_read_only_with_the_content_it_was_written_with(tmp_path):
-    uri = f"file://{tmp_path}/snapshot.parquet"
-    written = storage.write_parquet(uri, pd.DataFrame({"x": [1, 2, 3]}))
-    assert storage.read_parquet(uri, written["sha256"])["x"].tolist() == [1, 2, 3]
-    storage.write_parquet(uri, pd.DataFrame({"x": [1, 2, 4]}))  # someone with write access to the store
-    with pytest.raises(storage.TamperedArtifactError, match=f"{uri} has changed since it was written"):
-        storage.read_parquet(uri, written["sha256"])
+        storage.require_under("s3://b/data/../secret", ["s3://b/data"], "input_uri")
+    assert storage.require_under("s3://b/data/x.csv", ["s3://b/data/"], "input_uri") == "s3://b/data/x.csv"
