@@ -54,21 +54,35 @@ def _fmt(task: str, layout: str) -> str:
     return ("parquet", "csv")[(md.TASKS.index(task) + md.LAYOUTS.index(layout)) % 2]
 
 
-@pytest.fixture(scope="module")
-def s3():
-    """moto's in-process S3 for this module, with the artifact store's client made inside it."""
-    from moto import mock_aws
+def _moto_s3():
+    """tests/integration/moto_s3.py: the artifact store is s3fs (aiobotocore), which moto's in-process mock does
+    not patch, so these cells talk to moto's HTTP server."""
+    name = "lifecycle_tests_moto_s3"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parents[1] / "integration" / "moto_s3.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
+
+s3_endpoint = _moto_s3().s3_endpoint
+
+
+@pytest.fixture(scope="module")
+def s3(s3_endpoint):
+    """moto's S3 server for this module, reached through the Airflow connection the artifact store reads."""
+    import json
+
+    connection = {"conn_type": "aws", "login": "testing", "password": "testing",
+                  "extra": {"endpoint_url": s3_endpoint["url"], "region_name": "us-east-1"}}  # fmt: skip
     with pytest.MonkeyPatch.context() as patch:
-        for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                           "AWS_DEFAULT_REGION": "us-east-1"}.items():  # fmt: skip
-            patch.setenv(key, value)
-        patch.delenv("AIRFLOW_CONN_AWS_DEFAULT", raising=False)
+        patch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(connection))
         patch.delenv("AWS_ENDPOINT_URL", raising=False)
         storage.s3_client.cache_clear()
-        with mock_aws():
-            storage.s3_client().create_bucket(Bucket=BUCKET)
-            yield f"s3://{BUCKET}"
+        storage.s3_client().create_bucket(Bucket=BUCKET)
+        yield f"s3://{BUCKET}"
         storage.s3_client.cache_clear()
 
 
