@@ -230,7 +230,9 @@ def main() -> int:
             f"{args.batches} batches x {args.rows_per_batch} rows in {sql_seed:.1f}s (new MLflow store {store_seconds:.1f}s)"
         )
 
-        # Cold: a new client on the same store, as the api-server has after a restart (its warm-up aside).
+        # Cold: a new client on the same store, as the api-server has after a restart (its warm-up aside; the
+        # warm-up compiles the templates, as here).
+        models_page.preload_templates()
         fresh = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
         cold, view, page = measure(config, fresh, engine_for(f"sqlite:///{workdir / 'predictions.db'}"))
         unfrozen = [measure(config, fresh, engine)[0] for _ in range(args.repeats)]

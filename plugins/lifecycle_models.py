@@ -93,7 +93,9 @@ def _warm_up() -> None:
             client.get_experiment_by_name(f"lifecycle/{config.name}")
         import fastapi.responses  # noqa: F401  (what create_app() imports, so the heap below has it)
 
-        import lifecycle.models_page  # noqa: F401
+        import lifecycle.models_page
+
+        lifecycle.models_page.preload_templates()
 
         # Move what the imports left (Airflow's, FastAPI's, MLflow's long-lived objects) out of the garbage
         # collector's way, as Airflow's DAG processor does: a page view builds thousands of objects, and

@@ -421,6 +421,7 @@ def test_templates_autoescape_and_refuse_undefined_names():
     assert f'<section class="pipeline" id="pipeline-{escaped}">' in page
     env = models_page.environment()
     assert env.autoescape("page.html") is True
+    assert models_page.preload_templates() == len(list((models_page.TEMPLATES / "models_page").glob("*.html")))
     import jinja2
 
     with pytest.raises(jinja2.UndefinedError):
