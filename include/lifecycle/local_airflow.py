@@ -51,6 +51,24 @@ SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_mana
 FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
 # What each service's component is called in /api/v2/monitor/health.
 HEALTH_COMPONENTS = {"scheduler": "scheduler", "dag-processor": "dag_processor", "triggerer": "triggerer"}
+# What the retrain, batch prediction and monitoring tasks import (about 10 s of imports on these machines).
+# LocalExecutor forks each task from a worker that the scheduler forked at its start, so modules the scheduler
+# imported before that are already loaded in every task: running_airflow(preload=TASK_PRELOAD) (benchmarks/
+# airflow_overhead.py). Importing them starts no Python thread and opens no connection (numpy's OpenBLAS pool
+# is native and stops itself around a fork).
+TASK_PRELOAD = (
+    "pandas", "pyarrow.parquet", "scipy.stats", "sqlalchemy", "sklearn.pipeline", "sklearn.compose",
+    "sklearn.impute", "sklearn.preprocessing", "sklearn.model_selection", "sklearn.calibration",
+    "sklearn.linear_model", "sklearn.metrics", "lightgbm", "mlflow", "great_expectations",
+)  # fmt: skip
+# `python -c` program: import the modules named in argv[1] (comma-separated), then run `airflow <argv[2:]>`.
+_PRELOAD_MAIN = (
+    "import importlib, runpy, sys\n"
+    "for name in filter(None, sys.argv[1].split(',')):\n"
+    "    importlib.import_module(name)\n"
+    "sys.argv = ['airflow', *sys.argv[2:]]\n"
+    "runpy.run_module('airflow', run_name='__main__', alter_sys=True)\n"
+)
 HOSTNAME_VARIABLE = "LOCAL_AIRFLOW_HOSTNAME"
 
 
@@ -231,8 +249,11 @@ def service_environment(
     return child
 
 
-def _command(service: str, port: int) -> list[str]:
+def _command(service: str, port: int, preload: Iterable[str] = ()) -> list[str]:
+    """The service's command line; with `preload`, the scheduler imports those modules before Airflow starts."""
     command = [sys.executable, "-m", "airflow", service]
+    if service == "scheduler" and preload:
+        command = [sys.executable, "-c", _PRELOAD_MAIN, ",".join(preload), service]
     if service == "api-server":
         command += ["--host", "127.0.0.1", "--port", str(port)]
     elif service in ("scheduler", "triggerer"):
@@ -456,6 +477,7 @@ def running_airflow(
     auth_manager: str = SIMPLE_AUTH_MANAGER,
     username: str | None = None,
     password: str | None = None,
+    preload: Iterable[str] = (),
     executor: str = "LocalExecutor",
     extra: dict[str, ExtraService] | None = None,
 ) -> Iterator[LocalAirflow]:
@@ -469,6 +491,10 @@ def running_airflow(
     password is `password` or a random one. Any other (FAB_AUTH_MANAGER) needs `username` and `password`
     of an admin the caller has created in the metadata database (migrate_db(env, ...) first, then
     `airflow users create`), and that database already migrated with the same auth manager.
+
+    preload names modules the scheduler imports before it starts (e.g. TASK_PRELOAD): with LocalExecutor every
+    task process is forked from it and finds them loaded, instead of importing them again in each task; the
+    scheduler's start-up pays for them once. A module that fails to import stops the scheduler at start.
 
     executor sets AIRFLOW__CORE__EXECUTOR for every service; `extra` services (Celery workers, say) start once
     the others are healthy, are stopped with them, and are the caller's to wait for (they have no health entry).
@@ -506,7 +532,7 @@ def running_airflow(
             migrate_db(child_env, log_dir / "db-migrate.log", timeout=startup_timeout)
         since = dt.datetime.now(dt.UTC)  # heartbeats of jobs from an earlier launch do not count
         for service in services:
-            airflow.processes[service] = _start(_command(service, port), child_env, airflow.log_file(service))
+            airflow.processes[service] = _start(_command(service, port, preload), child_env, airflow.log_file(service))
         deadline = started + startup_timeout
         waiting = list(services)
         while True:
