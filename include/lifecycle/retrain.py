@@ -216,6 +216,7 @@ def train_challenger(
     with mlflow.start_run(run_id=mlflow_run_id):
         mlflow.log_params({f"best.{k}": v for k, v in summary["best_params"].items()})
         mlflow.log_params({"search.strategy": strategy, "search.candidates": summary["candidates"]})
+        mlflow.log_params({f"threads.{k}": v for k, v in summary["threads"].items()})  # the worker-aware plan
         mlflow.log_metrics({"best_cv_score": summary["best_cv_score"], "search_seconds": summary["seconds"]})
     return {
         **logged,

@@ -16,7 +16,6 @@ from lifecycle.config import PipelineConfig
 from lifecycle.features import build_preprocessor, input_columns
 from lifecycle.metrics import SCORERS
 
-
 SMALL_SEARCH_ROWS = 10_000  # below this many training rows a search runs without worker processes
 
 
@@ -185,7 +184,7 @@ def fit_search(
         "best_params": {k.removeprefix("model__"): v for k, v in search.best_params_.items()},
         "best_cv_score": float(search.best_score_),
         "input_columns": columns,
-        "threads": plan or thread_plan(),
+        "threads": {**(plan or thread_plan()), "search_jobs": search.n_jobs},  # what the search really used
     }
     return search, summary
 
