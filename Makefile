@@ -75,6 +75,7 @@ bench: $(STAMP) ## Run the benchmark scripts and print their numbers
 	$(SETTINGS) $(PY) benchmarks/scoring_memory.py
 	$(SETTINGS) $(PY) benchmarks/batch_to_postgres.py
 	$(SETTINGS) $(PY) benchmarks/models_page.py --check
+	$(SETTINGS) $(PY) benchmarks/segments.py
 
 lock: ## Re-pin requirements*.txt from requirements*.in
 	uv pip compile -q requirements.in --python-version 3.11 -o requirements.txt
