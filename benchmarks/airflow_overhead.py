@@ -8,16 +8,18 @@ Everything lives in a private folder under /tmp (AIRFLOW_HOME, MLflow, artifacts
 
 Sides, in an order that rotates every round:
 
-  plain          one fresh process: the include/lifecycle/retrain.py functions the DAG's tasks call, with the same
+  plain          one fresh process: the include/lifecycle/tasks/retraining.py functions the DAG's tasks call, with the same
                  arguments, in the DAG's order (wall time from the launch, imports included)
   per-process    the same functions, one fresh process per task (outputs passed through a JSON file): Airflow's
                  process-per-task shape without Airflow, so the cost of re-importing in each task shows apart
   dags-test      `airflow dags test demo_churn__retrain` (one process, no scheduler), embedded default
   scheduler      a real run: api-server, scheduler (LocalExecutor), dag-processor and triggerer from
-                 `lifecycle.local_airflow.running_airflow`, then trigger + wait_for_run; the services' start-up
+                 `lifecycle.devtools.local_airflow.running_airflow`, then trigger + wait_for_run; the services' start-up
                  (until healthy and the DAG parsed) and tear-down are timed apart from the run
   scheduler-preload  the same with `running_airflow(preload=TASK_PRELOAD)`: the scheduler imports the tasks'
                  heavy libraries before it forks its LocalExecutor workers, so each forked task finds them loaded
+  scheduler-preload-serial  and with AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG=1: grid_search and baseline one
+                 after the other, as in plain, instead of side by side on the same cores
 
 Beside them, the fixed costs, each measured on its own in fresh processes: the interpreter, `import airflow.sdk`,
 the Airflow CLI doing nothing (`airflow version`), one parse of dags/retrain.py, MLflow's import and client start-up
@@ -60,7 +62,10 @@ NULL_DAG_NO_XCOM = "airflow_overhead__null_no_xcom"
 DATA_START, DATA_END, DRIFT_FROM = dt.date(2026, 1, 1), dt.date(2026, 3, 2), dt.date(2026, 3, 10)
 BASE_AS_OF, AS_OF = "2026-03-01", "2026-03-02"
 MARKER = "@@AIRFLOW_OVERHEAD@@"
-SIDES = ("plain", "per-process", "dags-test", "scheduler", "scheduler-preload")
+SIDES = ("plain", "per-process", "dags-test", "scheduler", "scheduler-preload", "scheduler-preload-serial")
+# The scheduler-preload-serial side: one task of a DAG run at a time, so grid_search and baseline do not share
+# the cores (a measurement, not a setting of the project)
+SERIAL = {"AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "1"}
 TARGET = 1.3
 # (task id in the DAG, its upstream task ids), in the DAG's order
 TASKS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -146,16 +151,16 @@ with DAG("%(plain)s", schedule=None, catchup=False, tags=["benchmark"]):
 
 
 def _config() -> Any:
-    from lifecycle.config import load_all
+    from lifecycle.config.pipeline import load_all
 
     return next(c for c in load_all() if c.name == PIPELINE)
 
 
 def run_task(task_id: str, config: Any, run_id: str, as_of: str, done: dict[str, Any]) -> Any:
     """One task body of dags/retrain.py without Airflow: the same call, the arguments Airflow would pass."""
-    from lifecycle import retrain
-    from lifecycle.airflow_glue import as_sqlalchemy_url
-    from lifecycle.config import with_training_overrides
+    from lifecycle.config.pipeline import with_training_overrides
+    from lifecycle.tasks import retraining
+    from lifecycle.tasks.airflow_glue import as_sqlalchemy_url
 
     training = config.training
     params = {"as_of_date": as_of, "window_days": training.window_days, "search": training.search,
@@ -163,25 +168,25 @@ def run_task(task_id: str, config: Any, run_id: str, as_of: str, done: dict[str,
     snap = done.get("ingestion.snapshot")
     features, mlflow_run = done.get("features.split_and_fit"), done.get("training.start_mlflow_run")
     if task_id == "ingestion.snapshot":
-        return retrain.ingest(config, run_id, as_of, params["window_days"], {})  # the demo has no conn_id sources
+        return retraining.ingest(config, run_id, as_of, params["window_days"], {})  # the demo has no conn_id sources
     if task_id == "validation.run_suite":
-        return retrain.validate_snapshot(config, run_id, snap["uri"], snap["sha256"])
+        return retraining.validate_snapshot(config, run_id, snap["uri"], snap["sha256"])
     if task_id == "features.split_and_fit":
-        return retrain.prepare_features(config, run_id, snap["uri"], snap["sha256"])
+        return retraining.prepare_features(config, run_id, snap["uri"], snap["sha256"])
     if task_id == "training.start_mlflow_run":
         with_training_overrides(config, grid=params["grid"], search=params["search"])
-        return retrain.start_run(config, DAG_ID, run_id, params, snap)
+        return retraining.start_run(config, DAG_ID, run_id, params, snap)
     if task_id == "training.grid_search":
         tuned = with_training_overrides(config, grid=params["grid"], search=params["search"])
-        return retrain.train_challenger(tuned, mlflow_run, features, tuned.training.grid, tuned.training.search)
+        return retraining.train_challenger(tuned, mlflow_run, features, tuned.training.grid, tuned.training.search)
     if task_id == "training.baseline":
-        return retrain.train_baseline(config, mlflow_run, features)
+        return retraining.train_baseline(config, mlflow_run, features)
     if task_id == "evaluation.score_and_decide":
-        return retrain.evaluate(config, run_id, mlflow_run, features, done["training.grid_search"],
+        return retraining.evaluate(config, run_id, mlflow_run, features, done["training.grid_search"],
                                 done["training.baseline"])  # fmt: skip
     if task_id == "evaluation.promote":
         database_url = as_sqlalchemy_url(os.environ["AIRFLOW_CONN_PREDICTIONS_DB"])
-        return retrain.promote(config, mlflow_run, done["training.grid_search"], done["evaluation.score_and_decide"],
+        return retraining.promote(config, mlflow_run, done["training.grid_search"], done["evaluation.score_and_decide"],
                                snap, None, run_id=run_id, database_url=database_url)  # fmt: skip
     raise ValueError(f"unknown task {task_id!r} (known: {', '.join(UPSTREAM)})")
 
@@ -226,7 +231,7 @@ def child_probe(what: str) -> dict[str, Any]:
         import mlflow  # noqa: F401
 
         imported = time.perf_counter()
-        from lifecycle.tracking import experiment_id, mlflow_client
+        from lifecycle.registry.tracking import experiment_id, mlflow_client
 
         experiment_id(PIPELINE)
         mlflow_client().search_runs([experiment_id(PIPELINE)], max_results=1)
@@ -261,7 +266,7 @@ def child_main(role: str, args: list[str]) -> None:
 class Bench:
     """The private folders and environments of one benchmark run."""
 
-    def __init__(self, root: Path, scheduler_env: dict[str, str]) -> None:
+    def __init__(self, root: Path, scheduler_env: dict[str, str], bytecode_cache: bool = False) -> None:
         self.root = root
         self.state, self.base = root / "state", root / "base"
         self.dags = root / "dags"
@@ -284,14 +289,17 @@ class Bench:
         }
         for key in ("PIPELINES_DIR", "LIFECYCLE_SIMULATED_CLOCK", "LIFECYCLE_TASK_RETRIES"):
             self.env.pop(key, None)
+        if bytecode_cache:  # what a pip-installed venv has: every module compiled once, not in every process
+            self.env.pop("PYTHONDONTWRITEBYTECODE", None)
+            self.env["PYTHONPYCACHEPREFIX"] = str(root / "pycache")
 
     def home(self, side: str) -> dict[str, str]:
         return {**self.env, "AIRFLOW_HOME": str(self.root / f"airflow-{side}")}
 
     def prepare(self) -> dict[str, float]:
         """Data, the DAGs folder, migrated metadata databases, and the base state with its first champion."""
-        from lifecycle import demo_data
-        from lifecycle.local_airflow import migrate_db
+        from lifecycle.devtools import demo_data
+        from lifecycle.devtools.local_airflow import migrate_db
 
         seconds = {}
         started = time.perf_counter()
@@ -400,21 +408,24 @@ def _when(value: str) -> dt.datetime:
 
 
 def timeline(tis: dict[str, tuple[dt.datetime, dt.datetime]], begin: dt.datetime, end: dt.datetime) -> dict:
-    """Per task: duration and the gap after its upstreams ended; before the first task, after the last, and the
-    critical path (the chain of latest-ending upstreams back from the last task) split into work and gaps."""
+    """Per task: duration, and the gap since the task it waited on ended (the latest to end before it started: an
+    upstream, or in dags test the task run before it); before the first task, after the last, and the critical
+    path (that chain back from the last task to end) split into work and gaps."""
+    waited_on: dict[str, str | None] = {}
     tasks, gaps = {}, {}
     for task_id, (start, stop) in tis.items():
-        ups = [tis[u][1] for u in UPSTREAM.get(task_id, ()) if u in tis]
+        before = [t for t, (_, end) in tis.items() if t != task_id and end <= start]
+        waited_on[task_id] = max(before, key=lambda t: tis[t][1]) if before else None
         tasks[task_id] = (stop - start).total_seconds()
-        gaps[task_id] = (start - max(ups)).total_seconds() if ups else 0.0
+        gaps[task_id] = (start - tis[waited_on[task_id]][1]).total_seconds() if waited_on[task_id] else 0.0
     first = min(start for start, _ in tis.values())
     last_task = max(tis, key=lambda t: tis[t][1])
     path, node = [], last_task
     while node:
         path.append(node)
-        ups = [u for u in UPSTREAM.get(node, ()) if u in tis]
-        node = max(ups, key=lambda u: tis[u][1]) if ups else None
+        node = waited_on[node]
     return {
+        "dates": {t: [start.isoformat(), end.isoformat()] for t, (start, end) in tis.items()},
         "tasks": tasks,
         "gaps": gaps,
         "before_first_task": (first - begin).total_seconds(),
@@ -434,13 +445,15 @@ def side_dags_test(bench: Bench, round_: int) -> dict[str, Any]:
     return result
 
 
-def side_scheduler(bench: Bench, round_: int, preload: tuple[str, ...] = ()) -> dict[str, Any]:
+def side_scheduler(
+    bench: Bench, round_: int, preload: tuple[str, ...] = (), extra_env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Start the services, run the retrain and the null DAGs through the scheduler, stop the services."""
-    from lifecycle import local_airflow as la
+    from lifecycle.devtools import local_airflow as la
 
     bench.restore()
-    env = {**bench.home("scheduler"), **bench.scheduler_env}
-    log_dir = bench.root / f"services-r{round_}{'-preload' if preload else ''}"
+    env = {**bench.home("scheduler"), **bench.scheduler_env, **(extra_env or {})}
+    log_dir = bench.root / f"services-r{round_}{'-preload' if preload else ''}{'-env' if extra_env else ''}"
     started = time.perf_counter()
     result: dict[str, Any] = {}
     with la.running_airflow(env, log_dir=log_dir, startup_timeout=600, preload=preload) as airflow:
@@ -453,24 +466,30 @@ def side_scheduler(bench: Bench, round_: int, preload: tuple[str, ...] = ()) -> 
         result.update(run)
         result["null"] = scheduled_run(airflow, NULL_DAG, {})
         result["null_no_xcom"] = scheduled_run(airflow, NULL_DAG_NO_XCOM, {})
-        others = [r["dag_run_id"] for r in la.list_runs(airflow, DAG_ID) if r["dag_run_id"] != run["run_id"]]
-        result["other_runs"] = others  # a cron run after the unpause would share the machine with ours
+        others = [r["dag_run_id"] for r in la.list_runs(airflow, DAG_ID) if r["run_type"] != "manual"]
+        result["other_runs"] = others  # a cron or asset run after the unpause would share the machine with ours
         stopping = time.perf_counter()
     result["teardown"] = time.perf_counter() - stopping
     return result
 
 
 def side_scheduler_preload(bench: Bench, round_: int) -> dict[str, Any]:
-    from lifecycle.local_airflow import TASK_PRELOAD
+    from lifecycle.devtools.local_airflow import TASK_PRELOAD
 
     return side_scheduler(bench, round_, TASK_PRELOAD)
+
+
+def side_scheduler_preload_serial(bench: Bench, round_: int) -> dict[str, Any]:
+    from lifecycle.devtools.local_airflow import TASK_PRELOAD
+
+    return side_scheduler(bench, round_, TASK_PRELOAD, SERIAL)
 
 
 def scheduled_run(airflow: Any, dag_id: str, conf: dict) -> dict[str, Any]:
     """Trigger, wait (polling every 0.25 s), then the task instances' dates from REST."""
     from urllib.parse import quote
 
-    from lifecycle import local_airflow as la
+    from lifecycle.devtools import local_airflow as la
 
     began = dt.datetime.now(dt.UTC)
     started = time.perf_counter()
@@ -511,7 +530,8 @@ def _quiet(command: list[str], env: dict[str, str]) -> None:
 
 
 RUNNERS = {"plain": side_plain, "per-process": side_per_process, "dags-test": side_dags_test,
-           "scheduler": side_scheduler, "scheduler-preload": side_scheduler_preload}  # fmt: skip
+           "scheduler": side_scheduler, "scheduler-preload": side_scheduler_preload,
+           "scheduler-preload-serial": side_scheduler_preload_serial}  # fmt: skip
 
 
 def median(values: list[float]) -> float:
@@ -544,12 +564,13 @@ def report(rounds: list[dict[str, Any]], fixed: list[dict[str, float]], sides: l
         print(f"   scheduler-preload / scheduler, same round: {after:.2f}x")
     print("\n== Per task, median seconds")
     columns = [("plain", "tasks"), ("per-process", "process"), ("dags-test", "tasks"), ("scheduler", "tasks"),
-               ("scheduler", "gaps"), ("scheduler-preload", "tasks"), ("scheduler-preload", "gaps")]  # fmt: skip
+               ("scheduler", "gaps"), ("scheduler-preload", "tasks"), ("scheduler-preload", "gaps"),
+               ("scheduler-preload-serial", "tasks")]  # fmt: skip
     columns = [(s, k) for s, k in columns if s in sides]
     heads = {"tasks": "", "process": " proc", "gaps": " gap"}
-    print(f"   {'task':30s}" + "".join(f"{s.replace('scheduler', 'sched') + heads[k]:>16s}" for s, k in columns))
+    print(f"   {'task':30s}" + "".join(f"{s.replace('scheduler', 'sched') + heads[k]:>21s}" for s, k in columns))
     for task_id, _ in TASKS:
-        cells = "".join(f"{median([r[s][k][task_id] for r in rounds if s in r]):16.2f}" for s, k in columns)
+        cells = "".join(f"{median([r[s][k][task_id] for r in rounds if s in r]):21.2f}" for s, k in columns)
         print(f"   {task_id:30s}{cells}")
     fixed_med = {k: median([f[k] for f in fixed]) for k in fixed[0]} if fixed else {}
     if fixed_med:
@@ -578,7 +599,7 @@ def where_it_goes(rounds: list[dict[str, Any]], sides: list[str]) -> dict[str, d
                 lambda r: sum(r["per-process"]["process"][t] - r["per-process"]["tasks"][t] for t in UPSTREAM)
             ),
         }
-    for side in ("dags-test", "scheduler", "scheduler-preload"):
+    for side in ("dags-test", "scheduler", "scheduler-preload", "scheduler-preload-serial"):
         if side not in sides:
             continue
         parts = {
@@ -587,11 +608,13 @@ def where_it_goes(rounds: list[dict[str, Any]], sides: list[str]) -> dict[str, d
                 lambda r, s=side: r[s]["before_first_task"]
             ),
             "after the last task ends (run end, tear-down)": m(lambda r, s=side: r[s]["after_last_task"]),
-            "between tasks on the critical path (scheduling latency)": m(lambda r, s=side: r[s]["path_gaps"]),
+            "between tasks on the critical path (scheduling latency, DB and XCom)": m(
+                lambda r, s=side: r[s]["path_gaps"]
+            ),
             "in tasks on the critical path, beyond plain's time for them": m(
                 lambda r, s=side: r[s]["path_work"] - sum(r["plain"]["tasks"][t] for t in r[s]["critical_path"])
             ),
-            "off the critical path (runs in parallel), plain's time for it": m(
+            "off the critical path (ran beside it), plain's time for it": m(
                 lambda r, s=side: -sum(v for t, v in r["plain"]["tasks"].items() if t not in r[s]["critical_path"])
             ),
             "null DAG, same shape, no work in the tasks: wall": m(
@@ -624,13 +647,25 @@ def main() -> int:
     parser.add_argument("--sides", default=",".join(SIDES), help=f"comma-separated, among {', '.join(SIDES)}")
     parser.add_argument("--scheduler-env", action="append", default=[], metavar="KEY=VALUE",
                         help="extra environment for the scheduler side's services (to try a setting)")  # fmt: skip
+    parser.add_argument(
+        "--bytecode-cache",
+        action="store_true",
+        help="every process writes and reads a bytecode cache in the private folder (PYTHONPYCACHEPREFIX), as a "
+        "venv with .pyc files would; by default the environment decides (PYTHONDONTWRITEBYTECODE, the venv's .pyc)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the private folder (its path is printed)")
     parser.add_argument("--check", action="store_true", help=f"exit 1 when a side is over {TARGET}x plain")
     parser.add_argument("--out", type=Path, help="also write the JSON result here")
+    parser.add_argument("--report-from", type=Path, help="print the tables of a saved --out or progress file")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child_main(args.child[0], args.child[1:])
+        return 0
+    if args.report_from:
+        saved = json.loads(args.report_from.read_text())
+        done = [r for r in saved["rounds"] if all(s in r for s in SIDES if s in saved["rounds"][0])]
+        report(done, saved["fixed"], [s for s in SIDES if s in saved["rounds"][0]])
         return 0
     sides = [s.strip() for s in args.sides.split(",") if s.strip()]
     unknown = set(sides) - set(SIDES)
@@ -638,8 +673,14 @@ def main() -> int:
         parser.error(f"--sides must include plain and only {', '.join(SIDES)} (got {args.sides})")
     scheduler_env = dict(item.split("=", 1) for item in args.scheduler_env)
     root = Path(tempfile.mkdtemp(prefix="airflow-overhead-"))
-    bench = Bench(root, scheduler_env)
-    print(f"private folder {root}; load average {load_average():.1f}; sides {', '.join(sides)}", flush=True)
+    bench = Bench(root, scheduler_env, args.bytecode_cache)
+    bytecode = (
+        "private cache"
+        if args.bytecode_cache
+        else f"PYTHONDONTWRITEBYTECODE={bench.env.get('PYTHONDONTWRITEBYTECODE')}"
+    )
+    print(f"private folder {root}; load average {load_average():.1f}; sides {', '.join(sides)}; bytecode: {bytecode}",
+          flush=True)  # fmt: skip
     try:
         for key, value in bench.prepare().items():
             print(f"   set-up: {key} {value:.1f} s", flush=True)
@@ -652,7 +693,7 @@ def main() -> int:
                     results[side] = RUNNERS[side](bench, round_)
                 finally:  # what was measured so far survives a failing side
                     progress = root.with_name(root.name + "-progress.json")
-                    progress.write_text(json.dumps([*rounds, results], default=str))
+                    progress.write_text(json.dumps({"rounds": [*rounds, results], "fixed": fixed}, default=str))
                 results["load"].append(load_average())
                 print(f"   round {round_ + 1}: {side} {results[side]['wall']:.1f} s (load {load_average():.1f})",
                       flush=True)  # fmt: skip
@@ -664,7 +705,8 @@ def main() -> int:
             print(f"kept {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
-    result = {"rounds": rounds, "summary": summary, "scheduler_env": scheduler_env, "target": TARGET}
+    result = {"rounds": rounds, "fixed": fixed, "summary": summary, "scheduler_env": scheduler_env, "target": TARGET,
+              "bytecode": bytecode}  # fmt: skip
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
