@@ -6,10 +6,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 LOCAL := $(CURDIR)/.local
 
-# The embedded default (everything under the git-ignored .local/) is defined once, in lifecycle.settings; a recipe
+# The embedded default (everything under the git-ignored .local/) is defined once, in lifecycle.config.settings; a recipe
 # that needs it starts with $(SETTINGS), which exports what the environment does not already set (yours wins).
 # It runs after $(STAMP), so a fresh machine gets the virtualenv first.
-SETTINGS = exports="$$($(PY) -m lifecycle.settings --export)" && eval "$$exports" &&
+SETTINGS = exports="$$($(PY) -m lifecycle.config.settings --export)" && eval "$$exports" &&
 
 .PHONY: help install demo test lint format airflow portable bench lock clean
 

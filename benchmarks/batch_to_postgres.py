@@ -2,21 +2,21 @@
 
 One run builds a throwaway MLflow store (SQLite tracking database and artifacts in a temporary folder) with a
 LightGBM champion trained on demo activity joined with accounts() and logged by the retrain's own
-`retrain._log_model` (calibrated on a validation split, skops, trust list, digests), registered as champion.
+`retraining._log_model` (calibrated on a validation split, skops, trust list, digests), registered as champion.
 It writes one scoring partition per batch size (`--sizes`, 100,000 and 1,000,000 rows by default) in the demo's
 shape: demo activity rows already joined with their account attributes (so every row has a distinct account
 id, which the predictions table's unique key needs; the demo has only 20,000 accounts), written with
-pandas.to_parquet like lifecycle.demo_data does. The pipeline is demo_churn.yaml with that one source and
+pandas.to_parquet like lifecycle.devtools.demo_data does. The pipeline is demo_churn.yaml with that one source and
 prediction.chunk_size at its default (50,000; the demo YAML's 250 is for its 1,000-row days).
 
 Then, for each size, `--rounds` rounds (2 by default), the order rotating every round, each method writing
 into an empty predictions table created just before it (same columns, unique key and index):
 
   (a) end to end   the batch-prediction task functions in this process, one after the other:
-                   batch_predict.stage (read the day's partition chunk by chunk, stage it as Parquet with one
-                   row group per chunk), batch_predict.score over every row group (load the champion from
+                   batch_scoring.stage (read the day's partition chunk by chunk, stage it as Parquet with one
+                   row group per chunk), batch_scoring.score over every row group (load the champion from
                    the registry with its digest check, score chunk by chunk, write the scores as Parquet), and
-                   batch_predict.write (stream the scored rows into predictions_db.write_batch, then count the
+                   batch_scoring.write (stream the scored rows into predictions_db.write_batch, then count the
                    batch in the table). Not included: resolving the champion, validate_batch (the data
                    checks), Airflow's scheduling and process start-up, the DAG's partitions side by side.
   (b) write alone  predictions_db.write_batch of the already-scored rows, streamed from the scores Parquet
@@ -94,11 +94,14 @@ def prepare(spec: dict[str, Any]) -> None:
     import pandas as pd
     import yaml
 
-    from lifecycle import demo_data, retrain, storage, tracking
-    from lifecycle.batch_predict import resolve_champion
-    from lifecycle.config import load_pipeline
-    from lifecycle.predictions_db import engine_for
-    from lifecycle.training import fit_search
+    from lifecycle.config.pipeline import load_pipeline
+    from lifecycle.devtools import demo_data
+    from lifecycle.ml.training import fit_search
+    from lifecycle.persistence import storage
+    from lifecycle.persistence.predictions_db import engine_for
+    from lifecycle.registry import tracking
+    from lifecycle.tasks import retraining
+    from lifecycle.tasks.batch_scoring import resolve_champion
 
     root = Path(spec["root"])
     demo = yaml.safe_load(DEMO_YAML.read_text())
@@ -120,7 +123,7 @@ def prepare(spec: dict[str, Any]) -> None:
     split = storage.write_parquet(storage.artifact_uri(config.name, "prepare", "features", "validation.parquet"),
                                   validation)  # fmt: skip
     features = {"splits": {"validation": split["uri"]}}
-    logged = retrain._log_model(config, run.info.run_id, search.best_estimator_, train, summary["input_columns"],
+    logged = retraining._log_model(config, run.info.run_id, search.best_estimator_, train, summary["input_columns"],
                                 features, "model")  # fmt: skip
     engine = engine_for(spec["database_url"])
     try:
@@ -146,7 +149,7 @@ def prepare(spec: dict[str, Any]) -> None:
         frame["snapshot_date"] = pd.Timestamp(day)
         path = Path(config.sources[0].uri.format(date=day.isoformat()))
         path.parent.mkdir(parents=True, exist_ok=True)
-        frame.to_parquet(path, index=False)  # as lifecycle.demo_data.write writes a day's partition
+        frame.to_parquet(path, index=False)  # as lifecycle.devtools.demo_data.write writes a day's partition
         batches[str(rows)] = {"day": day.isoformat(), "mb": round(path.stat().st_size / MB, 1)}
     print(MARKER + json.dumps({"model": model, "champion": champion, "batches": batches}), flush=True)
 
@@ -158,8 +161,8 @@ class Runner:
     """The methods against one database; each writes into an empty table created just before it."""
 
     def __init__(self, spec: dict[str, Any]) -> None:
-        from lifecycle.config import load_pipeline
-        from lifecycle.predictions_db import engine_for
+        from lifecycle.config.pipeline import load_pipeline
+        from lifecycle.persistence.predictions_db import engine_for
 
         self.spec = spec
         self.root = Path(spec["root"])
@@ -170,7 +173,7 @@ class Runner:
         self.serial = 0
 
     def recreate(self, table: str) -> None:
-        from lifecycle.predictions_db import ensure_table
+        from lifecycle.persistence.predictions_db import ensure_table
 
         self.drop(table)
         ensure_table(self.engine, table)
@@ -193,20 +196,20 @@ class Runner:
 
     def end_to_end(self, day: str) -> tuple[dict[str, float], list[dict[str, Any]], str]:
         """stage + score + write, as the DAG's tasks call them; the seconds of each and the scored parts."""
-        from lifecycle import batch_predict
+        from lifecycle.tasks import batch_scoring
 
         self.serial += 1
         run_id = f"bench__{self.serial:04d}"
         seconds = {}
         started = time.perf_counter()
-        batch = batch_predict.stage(self.config, run_id, day, None)
+        batch = batch_scoring.stage(self.config, run_id, day, None)
         seconds["stage"] = time.perf_counter() - started
         groups = list(range(batch["row_groups"]))
         mark = time.perf_counter()
-        part = batch_predict.score(self.config, run_id, batch, self.champion, groups)
+        part = batch_scoring.score(self.config, run_id, batch, self.champion, groups)
         seconds["score"] = time.perf_counter() - mark
         mark = time.perf_counter()
-        written = batch_predict.write(self.config, run_id, self.url, batch, self.champion, [part])
+        written = batch_scoring.write(self.config, run_id, self.url, batch, self.champion, [part])
         seconds["write"] = time.perf_counter() - mark
         seconds["total"] = time.perf_counter() - started
         if written["rows"] != batch["rows"]:
@@ -214,12 +217,12 @@ class Runner:
         return seconds, [part], run_id
 
     def forget(self, run_id: str) -> None:
-        from lifecycle import storage
+        from lifecycle.persistence import storage
 
         shutil.rmtree(storage.artifact_uri(self.config.name, run_id).removeprefix("file://"), ignore_errors=True)
 
     def rows_of(self, parts: list[dict[str, Any]], day: str, work: str) -> Any:
-        from lifecycle.scoring import prediction_rows
+        from lifecycle.ml.scoring import prediction_rows
 
         return prediction_rows(
             [p["uri"] for p in parts], self.config.name, dt.date.fromisoformat(day), self.champion["model_name"],
@@ -227,7 +230,7 @@ class Runner:
         )  # fmt: skip
 
     def write_alone(self, parts: list[dict[str, Any]], day: str, table: str) -> float:
-        from lifecycle.predictions_db import write_batch
+        from lifecycle.persistence.predictions_db import write_batch
 
         with tempfile.TemporaryDirectory() as work:
             started = time.perf_counter()
@@ -236,7 +239,7 @@ class Runner:
             return time.perf_counter() - started
 
     def server_copy(self, path: Path, table: str, fmt: str) -> float:
-        from lifecycle.predictions_db import COLUMNS
+        from lifecycle.persistence.predictions_db import COLUMNS
 
         started = time.perf_counter()
         with self.engine.begin() as conn:
@@ -247,7 +250,7 @@ class Runner:
         """The rows of (b) as a CSV file (Arrow's writer) and as a binary COPY file (the server's COPY TO)."""
         import pyarrow.csv as pacsv
 
-        from lifecycle.predictions_db import COLUMNS
+        from lifecycle.persistence.predictions_db import COLUMNS
 
         folder.mkdir(parents=True, exist_ok=True)
         os.chmod(folder, 0o1777)  # the server (another user) reads the CSV here and writes the binary file
@@ -268,9 +271,9 @@ class Runner:
         """LightGBM's own predict_proba on the transformed rows, and the champion's whole predict_proba."""
         import pandas as pd
 
-        from lifecycle import model_trust
-        from lifecycle.features import input_columns
-        from lifecycle.training import uncalibrated
+        from lifecycle.ml.features import input_columns
+        from lifecycle.ml.training import uncalibrated
+        from lifecycle.registry import model_trust
 
         source = self.config.sources[0].uri.format(date=day)
         frame = pd.read_parquet(source)
@@ -370,7 +373,8 @@ def memory(spec: dict[str, Any], size: int) -> None:
     import mlflow  # noqa: F401
     import sklearn  # noqa: F401
 
-    from lifecycle import batch_predict, scoring  # noqa: F401
+    from lifecycle.ml import scoring  # noqa: F401
+    from lifecycle.tasks import batch_scoring  # noqa: F401
 
     runner = Runner(spec)
     runner.recreate(runner.config.prediction.table)

@@ -1,12 +1,12 @@
 """Drift false alarms: the fixed effect-size thresholds against the noise-aware rule, side by side in one run.
 
-Three parts, each from the same lifecycle.drift.check calls (the fixed rule is `value >= threshold`, what the
+Three parts, each from the same lifecycle.ml.drift.check calls (the fixed rule is `value >= threshold`, what the
 check decided before the noise floor; the noise-aware rule is the check's own `drifted`):
 
   stationary  a generator where nothing drifts: a 100-level Zipf categorical, a 3-level one, a continuous, a
               few-level integer, a rare-count and a skewed numeric. Reference of `--reference-rows` rows, then
               `--batches` batches at each of 200, 1,000 and 10,000 rows: the per-feature false-alarm rate.
-  injected    lifecycle.demo_data with drift_from: the features each rule flags on days before and after it.
+  injected    lifecycle.devtools.demo_data with drift_from: the features each rule flags on days before and after it.
   cost        one `--big-rows` x 30 batch (20 numeric, 10 categorical columns up to 100 levels): seconds per
               check with the noise floor, without it (noise_floor patched to 0), and inside noise_floor itself.
 
@@ -31,8 +31,9 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "include"))
 
-from lifecycle import demo_data, drift  # noqa: E402
-from lifecycle.config import Drift, load_pipeline  # noqa: E402
+from lifecycle.config.pipeline import Drift, load_pipeline  # noqa: E402
+from lifecycle.devtools import demo_data  # noqa: E402
+from lifecycle.ml import drift  # noqa: E402
 
 LEVELS = [f"m{i:03d}" for i in range(100)]
 ZIPF = 1.0 / np.arange(1, 101) ** 1.1

@@ -149,8 +149,8 @@ def _load(folder: Path) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
 
 def worker_ours(folder: Path) -> dict[str, Any]:
     sys.path.insert(0, str(REPO / "include"))
-    from lifecycle import drift
-    from lifecycle.config import Drift
+    from lifecycle.config.pipeline import Drift
+    from lifecycle.ml import drift
 
     spec, reference, current = _load(folder)
     config = Drift()
@@ -429,7 +429,7 @@ def main() -> None:
         return
 
     sys.path.insert(0, str(REPO / "include"))
-    from lifecycle.config import Drift
+    from lifecycle.config.pipeline import Drift
 
     defaults = Drift()
     thresholds = {"psi": defaults.psi_threshold, "js_base2": defaults.js_threshold}

@@ -1,11 +1,11 @@
 """The project's hyper-parameter search against a plain scikit-learn GridSearchCV, side by side.
 
-Three searches over the same pipeline (lifecycle.features.build_preprocessor + LGBMClassifier), the same
+Three searches over the same pipeline (lifecycle.ml.features.build_preprocessor + LGBMClassifier), the same
 grid (the pipeline YAML's `training.grid`), the same data and the same TimeSeriesSplit:
 
   plain-grid       GridSearchCV(n_jobs=None), LightGBM with its default threads: the baseline
-  project-grid     lifecycle.training.fit_search(strategy="grid", plan=thread_plan())
-  project-halving  lifecycle.training.fit_search(strategy="halving", plan=thread_plan()): the default
+  project-grid     lifecycle.ml.training.fit_search(strategy="grid", plan=thread_plan())
+  project-halving  lifecycle.ml.training.fit_search(strategy="halving", plan=thread_plan()): the default
 
 project-grid separates the thread plan's effect (plain-grid -> project-grid) from successive halving's
 (project-grid -> project-halving). Each search runs in a fresh process (like an Airflow task, so the
@@ -44,7 +44,7 @@ MARKER = "@@GRID_SEARCH@@"
 
 
 def load_config(path: Path) -> Any:
-    from lifecycle.config import load_pipeline
+    from lifecycle.config.pipeline import load_pipeline
 
     return load_pipeline(path)
 
@@ -53,7 +53,7 @@ def make_data(days: int, holdout_days: int, rows: int, start: dt.date, out: Path
     """Demo activity joined with the account attributes, drift off; train days then the holdout days."""
     import pandas as pd
 
-    from lifecycle.demo_data import accounts, activity
+    from lifecycle.devtools.demo_data import accounts, activity
 
     frames = [activity(start + dt.timedelta(days=i), rows, drift_from=None) for i in range(days + holdout_days)]
     frame = pd.concat(frames, ignore_index=True).merge(accounts(), on="account_id", how="left")
@@ -79,7 +79,7 @@ def plain_pipeline(config: Any, frame: Any, params: dict[str, Any], threads: int
     import lightgbm as lgb
     from sklearn.pipeline import Pipeline
 
-    from lifecycle.features import build_preprocessor
+    from lifecycle.ml.features import build_preprocessor
 
     extra = {} if threads is None else {"n_jobs": threads}
     model = lgb.LGBMClassifier(random_state=config.training.random_state, verbose=-1, **extra, **params)
@@ -93,9 +93,9 @@ def worker(method: str, pipeline_path: Path, data: Path) -> dict[str, Any]:
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import GridSearchCV, TimeSeriesSplit
 
-    from lifecycle.features import input_columns
-    from lifecycle.metrics import SCORERS
-    from lifecycle.training import fit_search, thread_plan
+    from lifecycle.ml.features import input_columns
+    from lifecycle.ml.metrics import SCORERS
+    from lifecycle.ml.training import fit_search, thread_plan
 
     config = load_config(pipeline_path)
     grid = config.training.grid
@@ -166,8 +166,8 @@ def fair_cv(config: Any, data: Path, params: dict[str, Any]) -> dict[str, float]
     import pandas as pd
     from sklearn.model_selection import TimeSeriesSplit, cross_val_score
 
-    from lifecycle.features import input_columns
-    from lifecycle.metrics import SCORERS
+    from lifecycle.ml.features import input_columns
+    from lifecycle.ml.metrics import SCORERS
 
     train = pd.read_parquet(data / "train.parquet").sort_values(config.timestamp_column, kind="stable")
     columns = input_columns(config, train)
@@ -210,7 +210,7 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
 
-    from lifecycle.training import thread_plan
+    from lifecycle.ml.training import thread_plan
 
     config = load_config(args.pipeline)
     tmp = Path(tempfile.mkdtemp(prefix="grid-search-bench-"))

@@ -1,7 +1,7 @@
 """The models page's load time with a long history: 100 model versions and a year of daily batches.
 
 Builds, in a temporary directory, an MLflow SQLite store with `--versions` registered versions of the demo
-model (each from a retrain run tagged and logged the way lifecycle.retrain does it, plus `--rejected`
+model (each from a retrain run tagged and logged the way lifecycle.tasks.retraining does it, plus `--rejected`
 rejected challengers), and a SQLite predictions database with `--batches` daily batches of
 `--rows-per-batch` predictions, their drift rows, their performance rows (5 estimated metrics, 8 realised and
 5 estimate errors per batch, as the performance DAG writes them; the newest 3 batches unlabelled) and 60
@@ -95,8 +95,8 @@ def seed_mlflow(client, config, versions: int, rejected: int, root: Path) -> flo
 
 def seed_database(engine, config, batches: int, rows_per_batch: int) -> float:
     """`batches` daily batches of predictions and one drift row per feature per batch, in bulk inserts."""
-    from lifecycle import drift_store
-    from lifecycle.predictions_db import COLUMNS, ensure_table
+    from lifecycle.persistence import drift_store
+    from lifecycle.persistence.predictions_db import COLUMNS, ensure_table
 
     started = time.perf_counter()
     ensure_table(engine, config.prediction.table)
@@ -133,7 +133,7 @@ def seed_performance(conn, config, batches: int) -> None:
     """The performance DAG's rows for every batch and 60 days of rollout decisions, in bulk inserts."""
     import sqlalchemy as sa
 
-    from lifecycle import performance_store, rollout_store
+    from lifecycle.persistence import performance_store, rollout_store
 
     table = performance_store.performance_table(sa.MetaData(), config.performance.metrics_table)
     table.metadata.create_all(conn)
@@ -171,7 +171,7 @@ def seed_performance(conn, config, batches: int) -> None:
 
 
 def measure(config, client, engine):
-    from lifecycle import models_page
+    from lifecycle.ui import models_page
 
     timings = {}
     started = time.perf_counter()
@@ -212,9 +212,9 @@ def main() -> int:
     try:
         import mlflow
 
-        from lifecycle import models_page
-        from lifecycle.config import load_pipeline
-        from lifecycle.predictions_db import engine_for
+        from lifecycle.config.pipeline import load_pipeline
+        from lifecycle.persistence.predictions_db import engine_for
+        from lifecycle.ui import models_page
 
         config = load_pipeline(REPO / "include" / "pipelines" / "demo_churn.yaml")
         uri = f"sqlite:///{workdir / 'mlflow.db'}"

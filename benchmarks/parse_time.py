@@ -6,7 +6,7 @@ file is loaded once untimed to warm the bytecode cache, then `--repeats` times t
 `-X importtime` to name the slowest imports. The run fails (exit 1) when a file's median is over the
 budget, when it imports a heavy module (pandas, sklearn, ...), or when it does not import at all.
 
-Each timed run also reports how much of its time went to `lifecycle.config.load_pipelines` (reading and
+Each timed run also reports how much of its time went to `lifecycle.config.pipeline.load_pipelines` (reading and
 validating the YAMLs, which every DAG file does) and how much to the rest (imports, building the DAGs).
 `--pipelines N` parses N generated copies of the demo pipeline instead of the repo's own, to see how the
 per-pipeline cost scales (issue 12: 200 pipelines in under 1.5 s per file); `--cprofile` adds one cProfile
@@ -54,8 +54,8 @@ sdk_seconds = time.perf_counter() - t0
 def top(modules):
     return sorted({m.split(".")[0] for m in modules} - {name})
 
-# Time lifecycle.config.load_pipelines (reading and validating the YAMLs) apart from the rest of the file:
-# wrap it as soon as lifecycle.config is imported (the DAG file imports it; nothing is imported early).
+# Time lifecycle.config.pipeline.load_pipelines (reading and validating the YAMLs) apart from the rest of the file:
+# wrap it as soon as lifecycle.config.pipeline is imported (the DAG file imports it; nothing is imported early).
 load_seconds = []
 
 def wrap(module):
@@ -70,7 +70,7 @@ def wrap(module):
 
 class TimeLoad:
     def find_spec(self, fullname, target_path=None, target=None):
-        if fullname != "lifecycle.config":
+        if fullname != "lifecycle.config.pipeline":
             return None
         spec = importlib.machinery.PathFinder.find_spec(fullname, target_path)
         if spec is not None:
@@ -81,8 +81,8 @@ class TimeLoad:
             spec.loader.exec_module = exec_module
         return spec
 
-if "lifecycle.config" in sys.modules:
-    wrap(sys.modules["lifecycle.config"])
+if "lifecycle.config.pipeline" in sys.modules:
+    wrap(sys.modules["lifecycle.config.pipeline"])
 else:
     sys.meta_path.insert(0, TimeLoad())
 

@@ -1,8 +1,8 @@
-"""Label-free performance estimation (CBPE, lifecycle.estimation) against the realised metrics, across a drift.
+"""Label-free performance estimation (CBPE, lifecycle.ml.estimation) against the realised metrics, across a drift.
 
-On the demo generator (lifecycle.demo_data: covariate drift in several columns and a concept drift, the support
+On the demo generator (lifecycle.devtools.demo_data: covariate drift in several columns and a concept drift, the support
 tickets' effect on churn flipping, from --drift-from): a LightGBM model in the project's own feature pipeline
-(lifecycle.features.build_preprocessor + lifecycle.training.lightgbm_estimator on one thread, the middle of the
+(lifecycle.ml.features.build_preprocessor + lifecycle.ml.training.lightgbm_estimator on one thread, the middle of the
 demo's grid) is trained on the first 30 of the 35 days before the first scored day and calibrated (isotonic,
 CalibratedClassifierCV(FrozenEstimator(model))) on the last 5. It then scores 14 daily batches, 7 before the drift
 date and 7 from it. Per batch: the realised ROC AUC (with its 90% bootstrap interval) and accuracy at the demo's
@@ -36,7 +36,7 @@ WINDOW_DAYS, CALIBRATION_DAYS, BEFORE, AFTER = 35, 5, 7, 7
 def days_frame(days: list[dt.date], rows: int, drift_from: dt.date) -> Any:
     import pandas as pd
 
-    from lifecycle.demo_data import accounts, activity
+    from lifecycle.devtools.demo_data import accounts, activity
 
     frames = [activity(day, rows, drift_from) for day in days]
     return pd.concat(frames, ignore_index=True).merge(accounts(), on="account_id", how="left")
@@ -49,8 +49,8 @@ def fit_models(config: Any, train: Any, calibration: Any) -> dict[str, Any]:
     from sklearn.frozen import FrozenEstimator
     from sklearn.pipeline import Pipeline
 
-    from lifecycle.features import build_preprocessor, input_columns
-    from lifecycle.training import lightgbm_estimator
+    from lifecycle.ml.features import build_preprocessor, input_columns
+    from lifecycle.ml.training import lightgbm_estimator
 
     columns = input_columns(config, train)
     models: dict[str, Any] = {"columns": columns}
@@ -70,11 +70,11 @@ def batch_row(model: Any, columns: list[str], frame: Any, target: str, threshold
     """Realised (as the performance DAG computes it, from the table's text labels) and estimated, one batch."""
     import numpy as np
 
-    from lifecycle.estimation import ESTIMABLE, estimate, realised
+    from lifecycle.ml.estimation import ESTIMABLE, estimate, realised
 
     score = model.predict_proba(frame[columns])[:, 1]
     classes = np.asarray(model.classes_)
-    label = np.where(score >= threshold, str(classes[1]), str(classes[0])).astype(object)  # lifecycle.scoring
+    label = np.where(score >= threshold, str(classes[1]), str(classes[0])).astype(object)  # lifecycle.ml.scoring
     metrics = list(ESTIMABLE["binary"])
     real = realised("binary", frame[target].to_numpy(), score, label, threshold, metrics, resamples=200, seed=0)
     est = estimate("binary", score, threshold, metrics)
@@ -90,7 +90,7 @@ def batch_row(model: Any, columns: list[str], frame: Any, target: str, threshold
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     import numpy as np
 
-    from lifecycle.estimation import ESTIMABLE
+    from lifecycle.ml.estimation import ESTIMABLE
 
     out: dict[str, Any] = {}
     for phase in ("before", "after"):
@@ -123,7 +123,7 @@ def print_table(kind: str, rows: list[dict[str, Any]]) -> None:
 
 
 def print_summary(kind: str, s: dict[str, Any], drift_from: dt.date) -> None:
-    from lifecycle.estimation import ESTIMABLE
+    from lifecycle.ml.estimation import ESTIMABLE
 
     print(f"\n{kind} model: summary (before = the 7 days before {drift_from}, after = the 7 from it)")
     print(f"{'metric':<9} {'MAE before':>10} {'MAE after':>9} {'CI half-width':>13} | {'realised b→a':>15} "
@@ -150,7 +150,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("LIFECYCLE_SEARCH_JOBS", "1")
 
-    from lifecycle.config import load_pipeline
+    from lifecycle.config.pipeline import load_pipeline
 
     started = time.perf_counter()
     config = load_pipeline(PIPELINE)

@@ -1,13 +1,13 @@
 """Peak memory of batch scoring as the batch grows: the project's chunked scoring against scoring the whole frame.
 
-A small LightGBM pipeline is trained with the project's own code (lifecycle.training.fit_search on a one-point
+A small LightGBM pipeline is trained with the project's own code (lifecycle.ml.training.fit_search on a one-point
 grid over demo activity joined with accounts(), like the retrain DAG does). Two scoring batches, 1x and `--factor`x
 `--rows` rows (50,000 and 500,000 by default), are staged as Parquet with one row group per `--chunk-size` rows
-(default 50,000, prediction.chunk_size's default), as lifecycle.scoring.stage_batch stages them. Each run then
+(default 50,000, prediction.chunk_size's default), as lifecycle.ml.scoring.stage_batch stages them. Each run then
 happens in a fresh process (like an Airflow task) that loads the model, scores 100 rows to warm up, takes its
 baseline, and scores the whole batch one of two ways:
 
-  chunked  lifecycle.scoring.score_partition over all row groups: the project's path
+  chunked  lifecycle.ml.scoring.score_partition over all row groups: the project's path
   whole    pandas.read_parquet of the whole batch, one predict, one Parquet write: the reference
 
 Each run is measured twice, in separate processes: once for RSS and once under tracemalloc. RSS: the kernel's peak
@@ -52,9 +52,9 @@ def train(model_path: Path, days: int, rows_per_day: int) -> dict[str, Any]:
     import joblib
     import pandas as pd
 
-    from lifecycle.config import load_pipeline
-    from lifecycle.demo_data import accounts, activity
-    from lifecycle.training import fit_search
+    from lifecycle.config.pipeline import load_pipeline
+    from lifecycle.devtools.demo_data import accounts, activity
+    from lifecycle.ml.training import fit_search
 
     config = load_pipeline(PIPELINE_YAML)
     frames = [activity(START + dt.timedelta(days=i), rows_per_day) for i in range(days)]
@@ -72,7 +72,7 @@ def write_batch(path: Path, rows: int, chunk_size: int) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from lifecycle.demo_data import N_ACCOUNTS, accounts, activity
+    from lifecycle.devtools.demo_data import N_ACCOUNTS, accounts, activity
 
     attributes = accounts()
     writer, written, day = None, 0, 0
@@ -102,7 +102,7 @@ def write_batch(path: Path, rows: int, chunk_size: int) -> int:
 
 def prepare(spec: dict[str, Any]) -> None:
     """In a process of its own, so that the parent stays small (see `child`): train, then stage the batches."""
-    from lifecycle.config import Prediction
+    from lifecycle.config.pipeline import Prediction
 
     root = Path(spec["root"])
     chunk_size = spec["chunk_size"] or Prediction.model_fields["chunk_size"].default
@@ -260,9 +260,9 @@ def child(mode: str, measure: str, batch: str, model_path: str, out_uri: str) ->
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from lifecycle.config import load_pipeline
-    from lifecycle.features import input_columns
-    from lifecycle.scoring import predict, score_partition
+    from lifecycle.config.pipeline import load_pipeline
+    from lifecycle.ml.features import input_columns
+    from lifecycle.ml.scoring import predict, score_partition
 
     config = load_pipeline(PIPELINE_YAML)
     model = joblib.load(model_path)

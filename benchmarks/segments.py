@@ -41,7 +41,7 @@ LINE = re.compile(r"^(\S+Z) .*\[DAG TEST\] (starting|end task) task_id=(\S+) map
 
 
 def environment(work: Path, pipelines: Path) -> dict[str, str]:
-    from lifecycle.settings import embedded_environment
+    from lifecycle.config.settings import embedded_environment
 
     env = {**os.environ, **embedded_environment()}
     env.update({
@@ -80,7 +80,7 @@ def airflow(env: dict[str, str], *args: str) -> tuple[float, str]:
 
 
 def measure(segments: int, keep: bool) -> dict:
-    from lifecycle import demo_segments
+    from lifecycle.devtools import demo_segments
 
     work = Path(tempfile.mkdtemp(prefix=f"bench-segments-{segments}-"))
     pipelines = work / "pipelines"

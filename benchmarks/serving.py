@@ -84,12 +84,13 @@ def prepare(spec: dict[str, Any]) -> None:
     from mlflow.models import infer_signature
     from sklearn.pipeline import Pipeline
 
-    from lifecycle import demo_data, model_trust, tracking
-    from lifecycle.config import load_pipeline
-    from lifecycle.features import build_preprocessor, input_columns
-    from lifecycle.metrics import scores
-    from lifecycle.predictions_db import engine_for
-    from lifecycle.training import lightgbm_estimator
+    from lifecycle.config.pipeline import load_pipeline
+    from lifecycle.devtools import demo_data
+    from lifecycle.ml.features import build_preprocessor, input_columns
+    from lifecycle.ml.metrics import scores
+    from lifecycle.ml.training import lightgbm_estimator
+    from lifecycle.persistence.predictions_db import engine_for
+    from lifecycle.registry import model_trust, tracking
 
     root = Path(spec["root"])
 

@@ -4,7 +4,7 @@ The same N rows of the predictions table's shape (default 200,000) are written, 
 predictions table (same columns, unique key and index), by:
 
   PostgreSQL
-    project        lifecycle.predictions_db.write_batch: delete + COPY straight into the table
+    project        lifecycle.persistence.predictions_db.write_batch: delete + COPY straight into the table
                    under the batch's advisory lock, one transaction (the table starts empty)
     project-rerun  the same, replacing the batch already there (what a retried or re-run task does)
     raw-copy       psycopg COPY straight into the empty table, one transaction: the floor
@@ -52,7 +52,7 @@ def postgres_helper() -> Any:
 
 
 def make_rows(n: int) -> list[tuple[Any, ...]]:
-    """Rows in predictions_db.COLUMNS order, as lifecycle.scoring.prediction_rows yields them."""
+    """Rows in predictions_db.COLUMNS order, as lifecycle.ml.scoring.prediction_rows yields them."""
     rng = random.Random(7)
     scored_at = dt.datetime(2026, 3, 2, 6, 0, tzinfo=dt.UTC)
     run_id = "scheduled__2026-03-01T06:00:00+00:00"
@@ -74,14 +74,14 @@ class Bench:
     """One database: every method writes into a new table; the time of the write alone is kept."""
 
     def __init__(self, url: str, rows: list[tuple[Any, ...]], frame: Any) -> None:
-        from lifecycle.predictions_db import engine_for
+        from lifecycle.persistence.predictions_db import engine_for
 
         self.engine = engine_for(url)
         self.rows, self.frame = rows, frame
         self.serial = 0
 
     def fresh_table(self) -> str:
-        from lifecycle.predictions_db import ensure_table
+        from lifecycle.persistence.predictions_db import ensure_table
 
         self.serial += 1
         name = f"predictions_bench_{self.serial}"
@@ -101,7 +101,7 @@ class Bench:
             return int(conn.execute(sa.text(f'SELECT count(*) FROM "{name}"')).scalar_one())
 
     def run(self, method: str) -> float:
-        from lifecycle.predictions_db import chunks_of, write_batch
+        from lifecycle.persistence.predictions_db import chunks_of, write_batch
 
         table = self.fresh_table()
         try:
@@ -124,7 +124,7 @@ class Bench:
             self.drop(table)
 
     def raw_copy(self, table: str) -> None:
-        from lifecycle.predictions_db import COLUMNS
+        from lifecycle.persistence.predictions_db import COLUMNS
 
         with self.engine.begin() as conn:
             raw = conn.connection.driver_connection
@@ -161,7 +161,7 @@ def main() -> None:
 
     import pandas as pd
 
-    from lifecycle.predictions_db import COLUMNS
+    from lifecycle.persistence.predictions_db import COLUMNS
 
     rows = make_rows(args.rows)
     frame = pd.DataFrame(rows, columns=COLUMNS)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from airflow.sdk import DAG, Param, TaskGroup, task
 
-from lifecycle.access import access_control
-from lifecycle.airflow_glue import (
+from lifecycle.config.pipeline import PipelineConfig, load_all
+from lifecycle.tasks.airflow_glue import (
     collector_paused,
     connection_urls,
     default_args,
@@ -23,8 +23,8 @@ from lifecycle.airflow_glue import (
     run_date,
     sqlalchemy_url,
 )
-from lifecycle.batch_predict import MODEL_CHOICES, MODEL_PATTERN  # light: no pandas, sklearn or mlflow
-from lifecycle.config import PipelineConfig, load_all
+from lifecycle.tasks.batch_scoring import MODEL_CHOICES, MODEL_PATTERN  # light: no pandas, sklearn or mlflow
+from lifecycle.ui.access import access_control
 
 
 def predict_params() -> dict[str, Param]:
@@ -84,13 +84,13 @@ def build(config: PipelineConfig) -> DAG:
         @task
         @fail_fast_on_bad_input
         def resolve_champion(**context) -> dict:
-            from lifecycle import batch_predict
+            from lifecycle.tasks import batch_scoring
 
             params, run = context["params"], context["dag_run"]
             run_type = getattr(run.run_type, "value", run.run_type)
-            at = batch_predict.resolve_time(params.get("batch_date"), context.get("logical_date"), run.run_after)
+            at = batch_scoring.resolve_time(params.get("batch_date"), context.get("logical_date"), run.run_after)
             url = sqlalchemy_url(config.prediction.conn_id)
-            champion = batch_predict.resolve_champion(config, params.get("model") or "auto", run_type, at, url)
+            champion = batch_scoring.resolve_champion(config, params.get("model") or "auto", run_type, at, url)
             scorer = champion["model_uri"] or f"{champion['version']} of {champion['model_name']}"  # segment models
             print(f"scoring with {scorer}: {champion['chosen_by']}")
             return champion
@@ -98,10 +98,10 @@ def build(config: PipelineConfig) -> DAG:
         @task
         @fail_fast_on_bad_input
         def stage_batch(_champion: dict, **context) -> dict:
-            from lifecycle import batch_predict
+            from lifecycle.tasks import batch_scoring
 
             params = context["params"]
-            return batch_predict.stage(
+            return batch_scoring.stage(
                 config, context["run_id"], run_date(context, "batch_date"), params["input_uri"],
                 connection_urls(config),
             )  # fmt: skip
@@ -109,31 +109,31 @@ def build(config: PipelineConfig) -> DAG:
         @task
         @fail_fast_on_bad_input
         def check_batch(batch: dict, champion: dict, **context) -> dict:
-            from lifecycle import batch_predict
+            from lifecycle.tasks import batch_scoring
 
-            return batch_predict.validate_batch(config, context["run_id"], batch, champion)
+            return batch_scoring.validate_batch(config, context["run_id"], batch, champion)
 
         @task
         @fail_fast_on_bad_input
         def plan_partitions(batch: dict, _checked: dict, **context) -> list[list[int]]:
-            from lifecycle import batch_predict
+            from lifecycle.tasks import batch_scoring
 
-            return batch_predict.plan_partitions(batch, context["params"]["partitions"])
+            return batch_scoring.plan_partitions(batch, context["params"]["partitions"])
 
         @task
         @fail_fast_on_bad_input
         def score_partition(row_groups: list[int], batch: dict, champion: dict, **context) -> dict:
-            from lifecycle import batch_predict
+            from lifecycle.tasks import batch_scoring
 
-            return batch_predict.score(config, context["run_id"], batch, champion, row_groups)
+            return batch_scoring.score(config, context["run_id"], batch, champion, row_groups)
 
         @task(outlets=[predictions])
         @fail_fast_on_bad_input
         def write_predictions(batch: dict, champion: dict, parts: list[dict], **context) -> dict:
-            from lifecycle import batch_predict
+            from lifecycle.tasks import batch_scoring
 
             url = sqlalchemy_url(config.prediction.conn_id)
-            written = batch_predict.write(config, context["run_id"], url, batch, champion, list(parts))
+            written = batch_scoring.write(config, context["run_id"], url, batch, champion, list(parts))
             context["outlet_events"][predictions].extra = {**written, "batch_uri": batch["uri"]}
             return written
 
@@ -150,6 +150,6 @@ def build(config: PipelineConfig) -> DAG:
     return dag
 
 
-with collector_paused():  # hundreds of DAGs: see lifecycle.airflow_glue.collector_paused
+with collector_paused():  # hundreds of DAGs: see lifecycle.tasks.airflow_glue.collector_paused
     for _config in load_all():
         globals()[f"{_config.name}__batch_predict"] = build(_config)

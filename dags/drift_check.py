@@ -13,8 +13,8 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import DAG, Param, TaskGroup, task
 
-from lifecycle.access import access_control
-from lifecycle.airflow_glue import (
+from lifecycle.config.pipeline import PipelineConfig, load_all
+from lifecycle.tasks.airflow_glue import (
     collector_paused,
     default_args,
     fail_fast_on_bad_input,
@@ -23,7 +23,7 @@ from lifecycle.airflow_glue import (
     run_date,
     sqlalchemy_url,
 )
-from lifecycle.config import PipelineConfig, load_all
+from lifecycle.ui.access import access_control
 
 
 def build(config: PipelineConfig) -> DAG:
@@ -54,11 +54,11 @@ def build(config: PipelineConfig) -> DAG:
         @fail_fast_on_bad_input
         def compute_drift(**context) -> list[dict]:
             """Check every batch this run covers: the scheduler folds events that arrive together into one run."""
-            from lifecycle import drift_check
+            from lifecycle.tasks import drift_monitoring
 
             url = sqlalchemy_url(config.prediction.conn_id)
             manual = bool(context["params"].get("batch_date"))
-            return drift_check.run_checks(config, context["run_id"], _events(context), url, recheck=manual)
+            return drift_monitoring.run_checks(config, context["run_id"], _events(context), url, recheck=manual)
 
         def _events(context) -> list[dict]:
             """The Param's batch (from the predictions Asset's history), else the events that triggered the run
@@ -87,12 +87,12 @@ def build(config: PipelineConfig) -> DAG:
         @task(outlets=[retrain_request])
         @fail_fast_on_bad_input
         def request_retrain(checks: list[dict], **context) -> dict:
-            from lifecycle import drift_check
+            from lifecycle.tasks import drift_monitoring
 
             check = [c for c in checks if c["retrain"]][-1]
             reason = f"drift on {check['batch_key']}: {check['reason']}"
             url = sqlalchemy_url(config.prediction.conn_id)
-            drift_check.record_retrain_request(
+            drift_monitoring.record_retrain_request(
                 config, context["run_id"], check["batch_key"], f"{reason} ({check['policy_reason']})", url
             )
             extra = {
@@ -113,7 +113,7 @@ def build(config: PipelineConfig) -> DAG:
     return dag
 
 
-with collector_paused():  # hundreds of DAGs: see lifecycle.airflow_glue.collector_paused
+with collector_paused():  # hundreds of DAGs: see lifecycle.tasks.airflow_glue.collector_paused
     for _config in load_all():
         if _config.segments is None:  # segment models: drift per segment is not built yet (docs/segments.md)
             globals()[f"{_config.name}__drift_check"] = build(_config)

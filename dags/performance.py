@@ -13,8 +13,8 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, TaskGroup, task
 
-from lifecycle.access import access_control
-from lifecycle.airflow_glue import (
+from lifecycle.config.pipeline import PipelineConfig, load_all
+from lifecycle.tasks.airflow_glue import (
     as_of_from_events,
     collector_paused,
     connection_urls,
@@ -25,7 +25,7 @@ from lifecycle.airflow_glue import (
     retrain_request_asset,
     sqlalchemy_url,
 )
-from lifecycle.config import PipelineConfig, load_all
+from lifecycle.ui.access import access_control
 
 
 def schedule(config: PipelineConfig):
@@ -66,20 +66,20 @@ def build(config: PipelineConfig) -> DAG:
         @task
         @fail_fast_on_bad_input
         def record_performance(**context) -> dict:
-            from lifecycle import performance
+            from lifecycle.ml import performance_tracking
 
             url = sqlalchemy_url(config.prediction.conn_id)
             urls = connection_urls(config)
             if config.labels is not None and config.labels.conn_id:
                 urls[config.labels.conn_id] = sqlalchemy_url(config.labels.conn_id)
-            return performance.evaluate(config, context["run_id"], as_of_from_events(context), url, urls)
+            return performance_tracking.evaluate(config, context["run_id"], as_of_from_events(context), url, urls)
 
         @task
         @fail_fast_on_bad_input
         def decide(recorded: dict) -> dict:
-            from lifecycle import performance
+            from lifecycle.ml import performance_tracking
 
-            decision = performance.policy(config, recorded["as_of"], sqlalchemy_url(config.prediction.conn_id))
+            decision = performance_tracking.policy(config, recorded["as_of"], sqlalchemy_url(config.prediction.conn_id))
             print(f"{recorded['as_of']}: {recorded['batches']} batches, {len(recorded['updated'])} updated; "
                   f"retrain: {decision['retrain']} ({decision['reason']})")  # fmt: skip
             return decision
@@ -91,11 +91,11 @@ def build(config: PipelineConfig) -> DAG:
         @task(outlets=[retrain_request])
         @fail_fast_on_bad_input
         def request_retrain(decision: dict, **context) -> dict:
-            from lifecycle import performance
+            from lifecycle.ml import performance_tracking
 
             batch_key = decision["batch_key"]
             reason = f"performance on {batch_key}: {decision['reason']}"
-            performance.record_retrain_request(
+            performance_tracking.record_retrain_request(
                 config, context["run_id"], batch_key, reason, sqlalchemy_url(config.prediction.conn_id)
             )
             extra = {
@@ -116,7 +116,7 @@ def build(config: PipelineConfig) -> DAG:
     return dag
 
 
-with collector_paused():  # hundreds of DAGs: see lifecycle.airflow_glue.collector_paused
+with collector_paused():  # hundreds of DAGs: see lifecycle.tasks.airflow_glue.collector_paused
     for _config in load_all():
         if _config.labels is not None and _config.segments is None:  # segment models: see docs/segments.md
             globals()[f"{_config.name}__performance"] = build(_config)

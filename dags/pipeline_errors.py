@@ -9,7 +9,7 @@ does not stop the others' schedules.
 
 from __future__ import annotations
 
-from lifecycle.config import ConfigError, load_pipelines
+from lifecycle.config.pipeline import ConfigError, load_pipelines
 
 _, _errors = load_pipelines()
 if _errors:

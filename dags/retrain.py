@@ -16,8 +16,8 @@ import datetime as dt
 
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, TaskGroup, task, task_group
 
-from lifecycle.access import access_control
-from lifecycle.airflow_glue import (
+from lifecycle.config.pipeline import PipelineConfig, load_all
+from lifecycle.tasks.airflow_glue import (
     collector_paused,
     connection_urls,
     default_args,
@@ -28,7 +28,7 @@ from lifecycle.airflow_glue import (
     sqlalchemy_url,
     triggering_extra,
 )
-from lifecycle.config import PipelineConfig, load_all
+from lifecycle.ui.access import access_control
 
 
 def retrain_params(config: PipelineConfig) -> dict[str, Param]:
@@ -125,9 +125,9 @@ def build(config: PipelineConfig) -> DAG:
         @task
         @fail_fast_on_bad_input
         def snapshot(**context) -> dict:
-            from lifecycle import retrain
+            from lifecycle.tasks import retraining
 
-            return retrain.ingest(
+            return retraining.ingest(
                 config, context["run_id"], run_date(context, "as_of_date"), context["params"]["window_days"],
                 connection_urls(config),
             )  # fmt: skip
@@ -135,22 +135,22 @@ def build(config: PipelineConfig) -> DAG:
         @task
         @fail_fast_on_bad_input
         def run_suite(snap: dict, **context) -> dict:
-            from lifecycle import retrain
+            from lifecycle.tasks import retraining
 
-            return retrain.validate_snapshot(config, context["run_id"], snap["uri"], snap["sha256"])
+            return retraining.validate_snapshot(config, context["run_id"], snap["uri"], snap["sha256"])
 
         @task
         @fail_fast_on_bad_input
         def split_and_fit(snap: dict, _checked: dict, segment: str | None = None, **context) -> dict:
-            from lifecycle import retrain
+            from lifecycle.tasks import retraining
 
-            return retrain.prepare_features(restricted(segment), context["run_id"], snap["uri"], snap["sha256"])
+            return retraining.prepare_features(restricted(segment), context["run_id"], snap["uri"], snap["sha256"])
 
         @task
         @fail_fast_on_bad_input
         def start_mlflow_run(snap: dict, segment: str | None = None, **context) -> str:
-            from lifecycle import retrain
-            from lifecycle.config import with_training_overrides
+            from lifecycle.config.pipeline import with_training_overrides
+            from lifecycle.tasks import retraining
 
             params = dict(context["params"])
             with_training_overrides(config, grid=params["grid"], search=params["search"])  # fail early
@@ -159,43 +159,47 @@ def build(config: PipelineConfig) -> DAG:
             if trigger:  # a retrain requested by the drift policy says so in its MLflow run
                 params["triggered_by"] = trigger
                 params["reason"] = trigger.get("reason", params["reason"])
-            return retrain.start_run(restricted(segment), context["dag"].dag_id, context["run_id"], params, snap)
+            return retraining.start_run(restricted(segment), context["dag"].dag_id, context["run_id"], params, snap)
 
         @task
         @fail_fast_on_bad_input
         def grid_search(mlflow_run_id: str, features: dict, segment: str | None = None, **context) -> dict:
-            from lifecycle import retrain
-            from lifecycle.config import with_training_overrides
+            from lifecycle.config.pipeline import with_training_overrides
+            from lifecycle.tasks import retraining
 
             params = context["params"]
             tuned = with_training_overrides(restricted(segment), grid=params["grid"], search=params["search"])
-            return retrain.train_challenger(tuned, mlflow_run_id, features, tuned.training.grid, tuned.training.search)
+            return retraining.train_challenger(
+                tuned, mlflow_run_id, features, tuned.training.grid, tuned.training.search
+            )
 
         @task
         @fail_fast_on_bad_input
         def baseline(mlflow_run_id: str, features: dict, segment: str | None = None) -> dict:
-            from lifecycle import retrain
+            from lifecycle.tasks import retraining
 
-            return retrain.train_baseline(restricted(segment), mlflow_run_id, features)
+            return retraining.train_baseline(restricted(segment), mlflow_run_id, features)
 
         @task
         @fail_fast_on_bad_input
         def score_and_decide(
             mlflow_run_id: str, features: dict, challenger: dict, base: dict, segment: str | None = None, **context
         ) -> dict:
-            from lifecycle import retrain
+            from lifecycle.tasks import retraining
 
-            return retrain.evaluate(restricted(segment), context["run_id"], mlflow_run_id, features, challenger, base)
+            return retraining.evaluate(
+                restricted(segment), context["run_id"], mlflow_run_id, features, challenger, base
+            )
 
         @task(trigger_rule="none_failed")  # runs after a skipped approval too: it tags why nothing was promoted
         @fail_fast_on_bad_input
         def promote(
             mlflow_run_id: str, challenger: dict, evaluation: dict, snap: dict, segment: str | None = None, **context
         ) -> dict:
-            from lifecycle import retrain
+            from lifecycle.tasks import retraining
 
             approval = context["ti"].xcom_pull(task_ids="evaluation.approve") if approve_mode else None
-            return retrain.promote(
+            return retraining.promote(
                 restricted(segment), mlflow_run_id, challenger, evaluation, snap, approval,
                 run_id=context["run_id"], database_url=sqlalchemy_url(config.prediction.conn_id),
             )  # fmt: skip
@@ -213,7 +217,7 @@ def build(config: PipelineConfig) -> DAG:
             @task
             @fail_fast_on_bad_input
             def plan_segments(snap: dict, _checked: dict) -> list[str]:
-                from lifecycle import segments
+                from lifecycle.ml import segments
 
                 return segments.plan(config, snap["uri"], snap["sha256"])
 
@@ -248,6 +252,6 @@ def build(config: PipelineConfig) -> DAG:
     return dag
 
 
-with collector_paused():  # hundreds of DAGs: see lifecycle.airflow_glue.collector_paused
+with collector_paused():  # hundreds of DAGs: see lifecycle.tasks.airflow_glue.collector_paused
     for _config in load_all():
         globals()[f"{_config.name}__retrain"] = build(_config)

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from airflow.sdk import DAG, Asset, Param, TaskGroup, task
 
-from lifecycle.access import access_control
-from lifecycle.airflow_glue import (
+from lifecycle.config.pipeline import PipelineConfig, load_all
+from lifecycle.tasks.airflow_glue import (
     collector_paused,
     connection_urls,
     default_args,
@@ -24,7 +24,7 @@ from lifecycle.airflow_glue import (
     run_date,
     sqlalchemy_url,
 )
-from lifecycle.config import PipelineConfig, load_all
+from lifecycle.ui.access import access_control
 
 
 def champion_asset(config: PipelineConfig) -> Asset:
@@ -61,11 +61,11 @@ def build(config: PipelineConfig) -> DAG:
         @task
         @fail_fast_on_bad_input
         def decide(**context) -> dict:
-            from lifecycle import rollout_decision
+            from lifecycle.tasks import rollout_decisions
 
             url = sqlalchemy_url(config.prediction.conn_id)
             day = run_date(context, "day")
-            return rollout_decision.decide(config, context["run_id"], day, url, connection_urls(config))
+            return rollout_decisions.decide(config, context["run_id"], day, url, connection_urls(config))
 
         @task.short_circuit
         def test_running(decision: dict) -> bool:
@@ -79,10 +79,10 @@ def build(config: PipelineConfig) -> DAG:
         @task
         @fail_fast_on_bad_input
         def apply_decision(decision: dict, **context) -> dict:
-            from lifecycle import rollout_decision
+            from lifecycle.tasks import rollout_decisions
 
             url = sqlalchemy_url(config.prediction.conn_id)
-            return rollout_decision.apply(config, context["run_id"], decision, url)
+            return rollout_decisions.apply(config, context["run_id"], decision, url)
 
         @task.short_circuit
         def champion_moved(applied: dict) -> bool:
@@ -111,7 +111,7 @@ def build(config: PipelineConfig) -> DAG:
     return dag
 
 
-with collector_paused():  # hundreds of DAGs: see lifecycle.airflow_glue.collector_paused
+with collector_paused():  # hundreds of DAGs: see lifecycle.tasks.airflow_glue.collector_paused
     for _config in load_all():
         if _config.serving.rollout.mode != "none":
             globals()[f"{_config.name}__rollout"] = build(_config)

@@ -2,13 +2,13 @@
 
 An Airflow 3 plugin: a FastAPI app mounted at /lifecycle on the api-server, and an external view that
 puts it in the navigation (the UI frames it at /plugin/models). The data and the HTML come from
-`lifecycle.models_page` (its templates, and its static files served here under /lifecycle/static/); this file
+`lifecycle.ui.models_page` (its templates, and its static files served here under /lifecycle/static/); this file
 only does HTTP, authorisation and caching.
 
 Authorisation is Airflow's own: every route needs a signed-in user (the UI's session cookie or a Bearer
 token from /auth/token). A pipeline is shown to users who may read its `<pipeline>__retrain` DAG, and its
 champion may be rolled back by users who may edit that DAG (`requires_access_dag(method="PUT")`) and, when
-the pipeline's YAML names `access` roles, hold one of its rollbackers or Admin (`lifecycle.access`).
+the pipeline's YAML names `access` roles, hold one of its rollbackers or Admin (`lifecycle.ui.access`).
 
 Importing this module stays light (Airflow imports plugins in every task process): FastAPI, MLflow and
 the rest are imported when the api-server first serves the app, and a root middleware warms MLflow up in
@@ -40,7 +40,7 @@ _app_lock = threading.Lock()  # building the app (not held while the warm-up cre
 
 def _configs() -> list[Any]:
     """The pipelines, re-read when a YAML file changes (a bad file is a ConfigError, as in the DAG processor)."""
-    from lifecycle.config import PIPELINES_DIR, load_all
+    from lifecycle.config.pipeline import PIPELINES_DIR, load_all
 
     directory = Path(os.environ.get("PIPELINES_DIR", PIPELINES_DIR))
     signature = tuple(sorted((p.name, p.stat().st_mtime_ns) for p in directory.glob("*.y*ml")))
@@ -52,8 +52,8 @@ def _configs() -> list[Any]:
 
 
 def _client() -> Any:
-    from lifecycle.settings import get_settings
-    from lifecycle.tracking import mlflow_client
+    from lifecycle.config.settings import get_settings
+    from lifecycle.registry.tracking import mlflow_client
 
     uri = get_settings().mlflow_tracking_uri
     with _lock:
@@ -75,7 +75,7 @@ def _database_url(conn_id: str) -> str:
 
 
 def _engine(conn_id: str) -> Any:
-    from lifecycle.predictions_db import engine_for
+    from lifecycle.persistence.predictions_db import engine_for
 
     url = _database_url(conn_id)
     with _lock:
@@ -93,9 +93,9 @@ def _warm_up() -> None:
             client.get_experiment_by_name(f"lifecycle/{config.name}")
         import fastapi.responses  # noqa: F401  (what create_app() imports, so the heap below has it)
 
-        import lifecycle.models_page
+        import lifecycle.ui.models_page
 
-        lifecycle.models_page.preload_templates()
+        lifecycle.ui.models_page.preload_templates()
 
         # Move what the imports left (Airflow's, FastAPI's, MLflow's long-lived objects) out of the garbage
         # collector's way, as Airflow's DAG processor does: a page view builds thousands of objects, and
@@ -131,8 +131,9 @@ def create_app() -> Any:
     from fastapi.staticfiles import StaticFiles
     from pydantic import BaseModel, Field
 
-    from lifecycle import access, models_page, storage
-    from lifecycle.config import ConfigError
+    from lifecycle.config.pipeline import ConfigError
+    from lifecycle.persistence import storage
+    from lifecycle.ui import access, models_page
 
     app = FastAPI(title="Lifecycle models", docs_url=None, redoc_url=None, openapi_url=None)
     # The page's CSS and script and the vendored Chart.js: the same for every user and holding no data, so

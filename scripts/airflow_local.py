@@ -19,7 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 LOCAL = REPO / ".local"
 sys.path.insert(0, str(REPO / "include"))
 
-from lifecycle.local_airflow import (  # noqa: E402
+from lifecycle.config.settings import embedded_environment  # noqa: E402
+from lifecycle.devtools.local_airflow import (  # noqa: E402
     TASK_PRELOAD,
     AirflowStartError,
     free_port,
@@ -28,7 +29,6 @@ from lifecycle.local_airflow import (  # noqa: E402
     running_airflow,
     tail,
 )
-from lifecycle.settings import embedded_environment  # noqa: E402
 
 PREFERRED_PORT = 8080
 

@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from lifecycle.settings import LOCAL_DIR as LOCAL  # where the embedded default keeps its state
-from lifecycle.settings import embedded_environment
+from lifecycle.config.settings import LOCAL_DIR as LOCAL  # where the embedded default keeps its state
+from lifecycle.config.settings import embedded_environment
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE = "demo_churn"
@@ -65,8 +65,8 @@ def run_dag(dag_id: str, day: dt.date, conf: dict | None = None) -> bool:
 
 
 def summarise_training() -> None:
-    from lifecycle.config import load_pipeline
-    from lifecycle.tracking import champion, mlflow_client
+    from lifecycle.config.pipeline import load_pipeline
+    from lifecycle.registry.tracking import champion, mlflow_client
 
     config = load_pipeline(REPO / "include" / "pipelines" / f"{PIPELINE}.yaml")
     client = mlflow_client()
@@ -109,7 +109,7 @@ def summarise_training() -> None:
 def score_and_watch() -> bool:
     """Trigger the daily batches; the scheduler runs the drift checks the predictions Asset schedules,
     and the retrain that the drift policy requests."""
-    from lifecycle import local_airflow as la
+    from lifecycle.devtools import local_airflow as la
 
     log_dir = LOCAL / "logs" / "airflow"
     prefix = PIPELINE
@@ -150,7 +150,7 @@ def backfill(airflow) -> list[dict]:
     A replay, so the retrain DAG is paused first: the drift and performance checks that follow each batch still
     run and record, but a retrain they request waits for the next real run instead of starting now.
     """
-    from lifecycle import local_airflow as la
+    from lifecycle.devtools import local_airflow as la
 
     dag_id = f"{PIPELINE}__batch_predict"
     airflow.api("PATCH", f"/api/v2/dags/{PIPELINE}__retrain?update_mask=is_paused", {"is_paused": True})
@@ -169,8 +169,8 @@ def backfill(airflow) -> list[dict]:
 def summarise_backfill(runs: list[dict]) -> None:
     import sqlalchemy as sa
 
-    from lifecycle import registry_history
-    from lifecycle.predictions_db import engine_for
+    from lifecycle.persistence.predictions_db import engine_for
+    from lifecycle.registry import registry_history
 
     engine = engine_for(os.environ["AIRFLOW_CONN_PREDICTIONS_DB"])
     for run in runs:
@@ -188,7 +188,7 @@ def summarise_backfill(runs: list[dict]) -> None:
 
 def wait_until_idle(airflow, dag_ids: list[str], timeout: float = 1200) -> str:
     """Let the asset-triggered runs finish (a retrain both policies asked for may queue a second one)."""
-    from lifecycle import local_airflow as la
+    from lifecycle.devtools import local_airflow as la
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -206,7 +206,7 @@ def performance_table() -> tuple[dict, list]:
     """The accuracy rows of performance_metrics per (batch, version), and the retrains performance requested."""
     import sqlalchemy as sa
 
-    from lifecycle.predictions_db import engine_for
+    from lifecycle.persistence.predictions_db import engine_for
 
     engine = engine_for(os.environ["AIRFLOW_CONN_PREDICTIONS_DB"])
     with engine.connect() as conn:
@@ -227,12 +227,14 @@ def performance_table() -> tuple[dict, list]:
 
 def performance_snapshot() -> dict:
     """The table and the performance policy's verdict on the last scored day, before later labels land."""
-    from lifecycle import performance
-    from lifecycle.config import load_pipeline
+    from lifecycle.config.pipeline import load_pipeline
+    from lifecycle.ml import performance_tracking
 
     config = load_pipeline(REPO / "include" / "pipelines" / f"{PIPELINE}.yaml")
     found, requests = performance_table()
-    decision = performance.policy(config, SCORE_DAYS[-1].isoformat(), os.environ["AIRFLOW_CONN_PREDICTIONS_DB"])
+    decision = performance_tracking.policy(
+        config, SCORE_DAYS[-1].isoformat(), os.environ["AIRFLOW_CONN_PREDICTIONS_DB"]
+    )
     return {"found": found, "requests": requests, "decision": decision}
 
 
@@ -265,7 +267,7 @@ def summarise_performance(snapshot: dict, label_day: dt.date) -> None:
 def wait_for_drift(batches: int, timeout: float) -> int:
     import sqlalchemy as sa
 
-    from lifecycle.predictions_db import engine_for
+    from lifecycle.persistence.predictions_db import engine_for
 
     engine = engine_for(os.environ["AIRFLOW_CONN_PREDICTIONS_DB"])
     deadline = time.monotonic() + timeout
@@ -289,8 +291,8 @@ def wait_for_drift(batches: int, timeout: float) -> int:
 def summarise_scoring() -> None:
     import sqlalchemy as sa
 
-    from lifecycle.predictions_db import engine_for
-    from lifecycle.tracking import mlflow_client
+    from lifecycle.persistence.predictions_db import engine_for
+    from lifecycle.registry.tracking import mlflow_client
 
     engine = engine_for(os.environ["AIRFLOW_CONN_PREDICTIONS_DB"])
     with engine.connect() as conn:
@@ -336,8 +338,8 @@ def summarise_scoring() -> None:
 
 
 def check_portable() -> bool:
-    from lifecycle.config import load_pipeline
-    from lifecycle.portable import PortabilityError, check
+    from lifecycle.config.pipeline import load_pipeline
+    from lifecycle.registry.portable import PortabilityError, check
 
     config = load_pipeline(REPO / "include" / "pipelines" / f"{PIPELINE}.yaml")
     try:
@@ -371,7 +373,7 @@ def main() -> int:
             shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
 
     step(f"Generating demo data {DATA_START}..{DATA_END} (drift injected from {DRIFT_FROM})")
-    from lifecycle import demo_data
+    from lifecycle.devtools import demo_data
 
     paths = demo_data.write(
         Path(os.environ["DATA_ROOT"]) / PIPELINE,

@@ -28,7 +28,7 @@ AS_OF, BATCH = dt.date(2026, 2, 1), dt.date(2026, 2, 2)
 
 def environment() -> dict[str, str]:
     sys.path.insert(0, str(REPO / "include"))
-    from lifecycle.settings import embedded_environment
+    from lifecycle.config.settings import embedded_environment
 
     env = {**os.environ, **embedded_environment()}
     env.update({
@@ -52,7 +52,7 @@ def airflow(env: dict[str, str], log: Path, *args: str) -> float:
 def decisions(env: dict[str, str]) -> list[tuple[str, str, str, str]]:
     """(model, gate action, champion version, reason) for every store model and the pooled one."""
     os.environ.update(env)
-    from lifecycle.tracking import mlflow_client
+    from lifecycle.registry.tracking import mlflow_client
 
     client = mlflow_client()
     rows = []
@@ -75,7 +75,7 @@ def main() -> None:
     (HOME / "logs").mkdir()
     shutil.copy(REPO / "examples" / "pipelines" / f"{NAME}.yaml", HOME / "pipelines")
     env = environment()
-    from lifecycle import demo_segments
+    from lifecycle.devtools import demo_segments
 
     print(f"== data: {STORES} stores (and a popup store too small to train), 2026-01-01..{BATCH}", flush=True)
     demo_segments.write(HOME / "data" / NAME, dt.date(2026, 1, 1), BATCH + dt.timedelta(days=1), STORES)

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from lifecycle.settings import embedded_environment
+from lifecycle.config.settings import embedded_environment
 
 REPO = Path(__file__).resolve().parents[1]
 SESSION_DIR = Path(tempfile.mkdtemp(prefix="lifecycle-tests-"))
 
-# The embedded default of lifecycle.settings, its state under this session's folder, plus what only tests set.
+# The embedded default of lifecycle.config.settings, its state under this session's folder, plus what only tests set.
 # Every value is set, not defaulted: a variable exported in the developer's shell must not reach the tests.
 TEST_ENV = {
     **embedded_environment(SESSION_DIR),
@@ -43,7 +43,7 @@ def pytest_sessionfinish(session, exitstatus):  # noqa: ARG001
 
 @pytest.fixture(scope="session")
 def demo_data() -> Path:
-    from lifecycle import demo_data
+    from lifecycle.devtools import demo_data
 
     root = Path(os.environ["DATA_ROOT"]) / "demo_churn"
     demo_data.write(root, DATA_START, DATA_END, rows_per_day=600, drift_from=DRIFT_FROM)

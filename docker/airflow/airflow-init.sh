@@ -30,7 +30,7 @@ airflow users create \
 # --include-dags`, and `airflow roles add-perms|del-perms` of the (global) permission to answer approvals:
 # given to approver roles, taken from the other named roles. Fails, changing nothing, when a role approves
 # one pipeline and rolls back another (it could approve that one's promotions too).
-python -m lifecycle.access setup
+python -m lifecycle.ui.access setup
 
 mkdir -p /opt/airflow/logs /opt/airflow/data
 # Only what is not owned yet, so a large ./data is not rewritten on every start.

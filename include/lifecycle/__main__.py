@@ -2,6 +2,6 @@
 
 import sys
 
-from lifecycle.cli import main
+from lifecycle.devtools.cli import main
 
 sys.exit(main())

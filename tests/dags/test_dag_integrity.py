@@ -30,7 +30,7 @@ def test_no_import_errors(dagbag):
 
 
 def test_every_pipeline_yaml_gets_its_dags(dagbag):
-    from lifecycle.config import load_pipeline
+    from lifecycle.config.pipeline import load_pipeline
 
     for path in PIPELINES:
         name = load_pipeline(path).name
@@ -225,7 +225,7 @@ def test_the_yaml_access_section_becomes_the_dags_access_control(dagbag, tmp_pat
 def test_batch_predict_model_param_refuses_nonsense(dagbag):
     from airflow.sdk.definitions.param import ParamValidationError
 
-    from lifecycle.batch_predict import MODEL_CHOICES, MODEL_PATTERN
+    from lifecycle.tasks.batch_scoring import MODEL_CHOICES, MODEL_PATTERN
 
     dag = dagbag.dags["demo_churn__batch_predict"]
     param = dag.params.get_param("model")

@@ -22,8 +22,10 @@ def celery_searches():
 
         import redis
 
-        from lifecycle import local_airflow, storage, training
-        from lifecycle.config import load_pipeline
+        from lifecycle.config.pipeline import load_pipeline
+        from lifecycle.devtools import local_airflow
+        from lifecycle.ml import training
+        from lifecycle.persistence import storage
 
         conf = context["dag_run"].conf
         config = load_pipeline(Path(os.environ["PIPELINES_DIR"]) / f"{conf['pipeline']}.yaml")

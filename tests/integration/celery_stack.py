@@ -4,7 +4,7 @@ folder, Celery remote control to say which worker takes tasks, and a /proc sampl
 Loaded by path (tests/ is not a package), like postgres.py. Each worker gets its own working directory, HOME,
 TMPDIR, AIRFLOW_HOME (its task logs, its parse cache), its own copy of the DAGs folder (Airflow 3 resolves the
 "dags-folder" bundle from the worker's own [core] dags_folder) and of the pipelines folder, and its own
-hostname (`lifecycle.local_airflow.hostname`), which task instances report.
+hostname (`lifecycle.devtools.local_airflow.hostname`), which task instances report.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lifecycle import local_airflow as la
+from lifecycle.devtools import local_airflow as la
 
 REDIS_SERVER = "redis-server"
 DEFAULT_QUEUE = "default"

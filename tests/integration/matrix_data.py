@@ -6,7 +6,7 @@ the linear baseline; multiclass has five classes, one of them rare (under 2 % of
 continuous target. A lookup table of stores is joined on `store`.
 
 Writers put a frame in one of the layouts a pipeline YAML allows, locally or on s3:// (through
-lifecycle.storage): one file, several monthly files matched by a glob, one partition per day, or a SQL table
+lifecycle.persistence.storage): one file, several monthly files matched by a glob, one partition per day, or a SQL table
 read with `WHERE event_ts >= :start AND event_ts < :end`. `pipeline_dict` gives the YAML-equivalent config.
 
 Tests load this file by path (tests/ is not a package).
@@ -168,7 +168,7 @@ def _encode(data: pd.DataFrame, fmt: str) -> bytes:
 
 
 def _put(uri: str, data: pd.DataFrame, fmt: str) -> str:
-    from lifecycle import storage
+    from lifecycle.persistence import storage
 
     return storage.write_bytes(uri, _encode(data, fmt))
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lifecycle import local_airflow as la
+from lifecycle.devtools import local_airflow as la
 
 pytestmark = pytest.mark.airflow
 REPO = Path(__file__).resolve().parents[2]
@@ -56,7 +56,7 @@ def test_a_person_approves_the_promotion_and_is_recorded(demo_data, tmp_path):
         request = airflow.api("GET", details)
         assert request["options"] == ["Approve", "Reject"]
         assert "no champion yet; floors and baseline passed" in request["body"]
-        from lifecycle.tracking import champion
+        from lifecycle.registry.tracking import champion
 
         os.environ["MLFLOW_TRACKING_URI"], saved = env["MLFLOW_TRACKING_URI"], os.environ["MLFLOW_TRACKING_URI"]
         try:

@@ -26,7 +26,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from lifecycle import local_airflow as la
+from lifecycle.devtools import local_airflow as la
 
 pytestmark = pytest.mark.airflow
 REPO = Path(__file__).resolve().parents[2]
@@ -78,8 +78,8 @@ def _airflow_cli(env: dict[str, str], *args: str, timeout: float = 1200) -> subp
 
 @pytest.fixture(scope="module")
 def stack(demo_data, tmp_path_factory) -> Iterator[Stack]:
-    from lifecycle import registry_history
-    from lifecycle.config import load_pipeline
+    from lifecycle.config.pipeline import load_pipeline
+    from lifecycle.registry import registry_history
 
     root = tmp_path_factory.mktemp("backfill")
     pipelines = root / "pipelines"
@@ -112,7 +112,7 @@ def stack(demo_data, tmp_path_factory) -> Iterator[Stack]:
         timings[f"retrain {as_of}"] = time.monotonic() - started
 
     with _environment(env):
-        from lifecycle.tracking import champion
+        from lifecycle.registry.tracking import champion
 
         assert str(champion(NAME).version) == "2", "the MLflow alias is at B, as it would be now"
         engine = sa.create_engine(url)
@@ -157,13 +157,14 @@ def _predictions(url: str) -> pd.DataFrame:
 def _direct_scores(stack: Stack, day: str, version: str) -> pd.Series:
     """The day's batch scored in this process by version `version` itself: what the DAG must have written."""
     if (day, version) not in stack.direct:
-        from lifecycle import batch_predict, storage
+        from lifecycle.persistence import storage
+        from lifecycle.tasks import batch_scoring
 
         with _environment(stack.env):
             run_id = f"direct__{day}__v{version}"
-            batch = batch_predict.stage(stack.config, run_id, day, None)
+            batch = batch_scoring.stage(stack.config, run_id, day, None)
             model = {"model_uri": f"models:/{NAME}/{version}"}
-            part = batch_predict.score(stack.config, run_id, batch, model, list(range(batch["row_groups"])))
+            part = batch_scoring.score(stack.config, run_id, batch, model, list(range(batch["row_groups"])))
             scores = storage.read_parquet(part["uri"])
         stack.direct[(day, version)] = scores.set_index("entity_id")["score"].sort_index()
     return stack.direct[(day, version)]
@@ -239,8 +240,9 @@ def _task(airflow: la.LocalAirflow, dag_id: str, run_id: str, task_id: str) -> d
 
 
 def test_a_backfill_scores_each_day_with_the_champion_of_that_day_and_writes_each_batch_once(stack):
-    from lifecycle import drift, storage
-    from lifecycle.tracking import mlflow_client
+    from lifecycle.ml import drift
+    from lifecycle.persistence import storage
+    from lifecycle.registry.tracking import mlflow_client
 
     airflow = stack.airflow
     started = time.monotonic()

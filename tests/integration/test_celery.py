@@ -30,7 +30,7 @@ import boto3
 import pytest
 import sqlalchemy as sa
 
-from lifecycle import local_airflow as la
+from lifecycle.devtools import local_airflow as la
 
 pytestmark = pytest.mark.airflow
 REPO = Path(__file__).resolve().parents[2]
@@ -110,7 +110,7 @@ def _environment(root: Path, s3_url: str, broker: str, databases: dict[str, str]
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": databases["airflow"],
             "AIRFLOW__CELERY__BROKER_URL": broker,
             "AIRFLOW__CELERY__RESULT_BACKEND": broker.rsplit("/", 1)[0] + "/1",
-            "AIRFLOW__CORE__HOSTNAME_CALLABLE": "lifecycle.local_airflow.hostname",
+            "AIRFLOW__CORE__HOSTNAME_CALLABLE": "lifecycle.devtools.local_airflow.hostname",
             "AIRFLOW__CORE__DAGS_FOLDER": str(root / "dags"),
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
             "AIRFLOW__CORE__PARALLELISM": "8",

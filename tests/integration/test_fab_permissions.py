@@ -2,7 +2,7 @@
 dag-processor and triggerer, each user calling over HTTP with a token of their own.
 
 The pipeline names `access: {approvers: [demo_approvers], rollbackers: [demo_operators]}`. Its roles are set up
-with the commands `docker/airflow/airflow-init.sh` runs (`lifecycle.access.role_setup_commands`), its DAGs'
+with the commands `docker/airflow/airflow-init.sh` runs (`lifecycle.ui.access.role_setup_commands`), its DAGs'
 access_control reaches FAB through the dag-processor, and:
 
 - `ordinary` (Viewer) reads the approval request but may neither answer it nor roll back;
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from lifecycle import local_airflow as la
+from lifecycle.devtools import local_airflow as la
 
 pytestmark = pytest.mark.airflow
 REPO = Path(__file__).resolve().parents[2]
@@ -103,8 +103,8 @@ def permissions(airflow: la.LocalAirflow, role: str) -> set[tuple[str, str]]:
 
 
 def test_pipeline_roles_decide_who_approves_and_who_rolls_back(demo_data, tmp_path):
-    from lifecycle.access import role_setup_commands
-    from lifecycle.config import load_all
+    from lifecycle.config.pipeline import load_all
+    from lifecycle.ui.access import role_setup_commands
 
     started = time.monotonic()
     pipelines = tmp_path / "pipelines"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lifecycle.local_airflow import (
+from lifecycle.devtools.local_airflow import (
     AirflowApiError,
     AirflowStartError,
     _request,

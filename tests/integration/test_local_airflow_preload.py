@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from lifecycle import local_airflow as la
+from lifecycle.devtools import local_airflow as la
 
 
 def _run_with_preload(modules: tuple[str, ...], *airflow_args: str) -> subprocess.CompletedProcess:

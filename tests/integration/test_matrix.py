@@ -74,7 +74,7 @@ def _airflow_uri(sqlalchemy_url: str) -> str:
 @pytest.fixture(scope="module")
 def matrix(s3_endpoint, postgres_url, airflow_db, tmp_path_factory):
     """The three pipelines' data, YAML files and subprocess environments."""
-    from lifecycle import storage
+    from lifecycle.persistence import storage
 
     state = tmp_path_factory.mktemp("matrix")
     pipelines = state / "pipelines"
@@ -167,7 +167,7 @@ def matrix(s3_endpoint, postgres_url, airflow_db, tmp_path_factory):
 WARM_UP = """
 import airflow.cli.commands.dag_command, airflow.sdk, airflow.providers.standard.operators.hitl
 import great_expectations, lightgbm, matplotlib.pyplot, mlflow.sklearn, psycopg, sklearn.linear_model
-import lifecycle.batch_predict, lifecycle.drift_check, lifecycle.report, lifecycle.retrain, lifecycle.training
+import lifecycle.tasks.batch_scoring, lifecycle.tasks.drift_monitoring, lifecycle.ui.report, lifecycle.tasks.retraining, lifecycle.ml.training
 """
 
 
@@ -200,8 +200,9 @@ def _tail(result: subprocess.CompletedProcess) -> str:
 CHECK = r"""
 import json, os, sys
 import sqlalchemy as sa
-from lifecycle import storage, tracking
-from lifecycle.predictions_db import engine_for
+from lifecycle.persistence import storage
+from lifecycle.registry import tracking
+from lifecycle.persistence.predictions_db import engine_for
 
 name, batch, others = sys.argv[1], sys.argv[2], sys.argv[3:]
 client = tracking.mlflow_client()
@@ -287,7 +288,7 @@ def _through_airflow(name: str, cell: dict) -> dict:
             conf = {"input_uri": cell["chosen"]["uri"]}
             runs["input_uri"] = _run(env, f"{name}__batch_predict", INPUT_DAY.isoformat(), conf, " (input_uri)")
         if cell["layout"] == "file":  # the lookup now repeats a join key: scoring must refuse it
-            from lifecycle import storage
+            from lifecycle.persistence import storage
 
             repeated = md.stores().iloc[[0, 1, 2, 2]]
             storage.write_bytes(cell["lookup_uri"], pd.concat([md.stores(), repeated]).to_csv(index=False).encode())

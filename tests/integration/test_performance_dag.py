@@ -26,16 +26,17 @@ DAYS = ["2026-02-17", "2026-02-18", "2026-02-21", "2026-02-22"]
 
 def _score(config, url: str, days: list[str]) -> None:
     """Write the batches with the task functions the batch-prediction DAG calls (its own test runs the DAG)."""
-    from lifecycle import batch_predict, tracking
+    from lifecycle.registry import tracking
+    from lifecycle.tasks import batch_scoring
 
     version = tracking.champion(config.registered_model_name)
     champion = {"model_name": config.registered_model_name, "version": str(version.version),
                 "model_uri": f"models:/{config.registered_model_name}/{version.version}", "run_id": version.run_id}  # fmt: skip
     for day in days:
         run_id = f"performance-test-{day}"
-        batch = batch_predict.stage(config, run_id, day, None, None)
-        parts = [batch_predict.score(config, run_id, batch, champion, list(range(batch["row_groups"])))]
-        batch_predict.write(config, run_id, url, batch, champion, parts)
+        batch = batch_scoring.stage(config, run_id, day, None, None)
+        parts = [batch_scoring.score(config, run_id, batch, champion, list(range(batch["row_groups"])))]
+        batch_scoring.write(config, run_id, url, batch, champion, parts)
 
 
 def _run(as_of: str, url: str) -> subprocess.CompletedProcess:
@@ -73,8 +74,8 @@ def database_url(request, tmp_path) -> Iterator[str]:
 
 @pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 def test_labels_trickle_in_and_each_batch_keeps_one_answer(database_url, champion, demo_data):
-    from lifecycle.config import load_pipeline
-    from lifecycle.predictions_db import engine_for
+    from lifecycle.config.pipeline import load_pipeline
+    from lifecycle.persistence.predictions_db import engine_for
 
     url = database_url
     config = load_pipeline(REPO / "include" / "pipelines" / "demo_churn.yaml")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from lifecycle.config import load_pipeline
-from lifecycle.portable import check
+from lifecycle.config.pipeline import load_pipeline
+from lifecycle.registry.portable import check
 
 pytestmark = pytest.mark.airflow
 REPO = Path(__file__).resolve().parents[2]

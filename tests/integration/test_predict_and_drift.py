@@ -119,7 +119,7 @@ def _asset_events(name: str) -> list[dict]:
 
 
 def test_drift_is_found_where_injected_and_the_policy_requests_a_retrain(champion, demo_data, tmp_path):
-    from lifecycle import storage
+    from lifecycle.persistence import storage
 
     url = f"sqlite:///{tmp_path / 'predictions.db'}"
     env = {"AIRFLOW_CONN_PREDICTIONS_DB": url}

@@ -22,8 +22,9 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from lifecycle import drift, drift_store
-from lifecycle.predictions_db import (
+from lifecycle.ml import drift
+from lifecycle.persistence import drift_store
+from lifecycle.persistence.predictions_db import (
     COLUMNS,
     PredictionWriteError,
     chunks_of,
@@ -93,7 +94,7 @@ def make_rows(
 
 
 def as_arrow(chunk: list[tuple[Any, ...]]) -> Any:
-    """The chunk as batch prediction hands it over (lifecycle.scoring.prediction_rows): an Arrow table."""
+    """The chunk as batch prediction hands it over (lifecycle.ml.scoring.prediction_rows): an Arrow table."""
     import pyarrow as pa
 
     text = pa.string()
@@ -391,8 +392,8 @@ def test_first_writes_on_a_fresh_database_race_to_create_the_table(
 @pytest.fixture(scope="module")
 def drift_result() -> dict[str, Any]:
     """A real drift.check result (features, prediction and performance), to record as the DAG does."""
-    from lifecycle import demo_data
-    from lifecycle.config import load_pipeline
+    from lifecycle.config.pipeline import load_pipeline
+    from lifecycle.devtools import demo_data
 
     config = load_pipeline(Path(__file__).resolve().parents[2] / "include" / "pipelines" / "demo_churn.yaml")
     accounts = demo_data.accounts()

@@ -31,8 +31,8 @@ BATCHES = ["2013-06-01", "2013-06-02"]  # the first two days after the training 
 
 @pytest.fixture(scope="module")
 def setup(airflow_db, tmp_path_factory) -> dict:
-    from lifecycle.config import load_pipeline
-    from lifecycle.examples import flights
+    from lifecycle.config.pipeline import load_pipeline
+    from lifecycle.devtools.examples import flights
 
     root = Path(os.environ["DATA_ROOT"])
     written = flights.write(root, dt.date(2013, 4, 1), dt.date(2013, 6, 2))
@@ -62,7 +62,7 @@ def _tail(result: subprocess.CompletedProcess) -> str:
 
 
 def _mlflow():
-    from lifecycle.tracking import mlflow_client
+    from lifecycle.registry.tracking import mlflow_client
 
     return mlflow_client()
 
@@ -140,8 +140,8 @@ def test_make_check_passes_on_the_real_data(setup):
 
 
 def test_retraining_on_real_data_leaves_a_usable_champion(setup, retrained):
-    from lifecycle import storage
-    from lifecycle.tracking import champion
+    from lifecycle.persistence import storage
+    from lifecycle.registry.tracking import champion
 
     decision = retrained["decision"]
     config = setup["config"]
@@ -155,7 +155,7 @@ def test_retraining_on_real_data_leaves_a_usable_champion(setup, retrained):
 
 
 def test_the_first_batches_after_training_are_scored_and_show_no_drift(setup, retrained):
-    from lifecycle.tracking import champion
+    from lifecycle.registry.tracking import champion
 
     if champion(NAME) is None:
         pytest.fail(f"nothing to score without a champion:\n{_summary(retrained['decision'])}")

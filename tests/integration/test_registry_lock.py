@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from lifecycle import registry_history, tracking
-from lifecycle.models_page import RollbackError, rollback
-from lifecycle.predictions_db import engine_for
+from lifecycle.persistence.predictions_db import engine_for
+from lifecycle.registry import registry_history, tracking
+from lifecycle.ui.models_page import RollbackError, rollback
 
 
 @pytest.fixture

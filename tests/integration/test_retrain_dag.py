@@ -16,7 +16,7 @@ DAG_ID = "demo_churn__retrain"
 
 
 def _mlflow():
-    from lifecycle.tracking import mlflow_client
+    from lifecycle.registry.tracking import mlflow_client
 
     return mlflow_client()
 
@@ -33,7 +33,7 @@ def _latest_parent_run():
 
 
 def _champion():
-    from lifecycle.tracking import champion
+    from lifecycle.registry.tracking import champion
 
     return champion("demo_churn")
 
@@ -54,7 +54,7 @@ def first_run(champion):
 
 
 def test_first_run_promotes_a_champion_with_lineage(first_run):
-    from lifecycle import storage
+    from lifecycle.persistence import storage
 
     version = _champion()
     assert version is not None and str(version.version) == "1"
@@ -85,7 +85,7 @@ def test_first_run_promotes_a_champion_with_lineage(first_run):
 def test_champion_scores_raw_rows_through_its_signature(first_run, demo_data):
     import mlflow
 
-    from lifecycle.tracking import champion_uri
+    from lifecycle.registry.tracking import champion_uri
 
     rows = pd.read_parquet(demo_data / "activity" / "date=2026-02-15" / "part.parquet").head(50)
     rows = rows.merge(pd.read_csv(demo_data / "accounts.csv"), on="account_id", how="left")

@@ -29,9 +29,10 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from lifecycle import registry_history, rollout_store, tracking
-from lifecycle.config import load_pipeline
-from lifecycle.predictions_db import engine_for
+from lifecycle.config.pipeline import load_pipeline
+from lifecycle.persistence import rollout_store
+from lifecycle.persistence.predictions_db import engine_for
+from lifecycle.registry import registry_history, tracking
 
 pytestmark = pytest.mark.airflow
 REPO = Path(__file__).resolve().parents[2]

@@ -102,8 +102,8 @@ def test_retrain_writes_every_artifact_to_the_bucket(trained_on_s3, s3_endpoint)
 def test_champion_loads_back_from_the_bucket_with_its_lineage(trained_on_s3):
     code = """
 import json, mlflow, pandas as pd
-from lifecycle import storage
-from lifecycle.tracking import champion, champion_uri, mlflow_client
+from lifecycle.persistence import storage
+from lifecycle.registry.tracking import champion, champion_uri, mlflow_client
 mlflow_client()
 version = champion("demo_churn")
 model = mlflow.pyfunc.load_model(champion_uri("demo_churn"))
@@ -145,7 +145,7 @@ def test_endpoint_down_retries_then_fails_clearly_and_registers_nothing(trained_
     assert "try_number=2" in output or "up_for_retry" in output, "the failing task was retried"
     code = """
 import json
-from lifecycle.tracking import mlflow_client
+from lifecycle.registry.tracking import mlflow_client
 print(json.dumps([str(v.version) for v in mlflow_client().search_model_versions("name='demo_churn'")]))
 """
     assert json.loads(_python(trained_on_s3, code)) == ["1"], "no version registered while the store was down"

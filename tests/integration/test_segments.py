@@ -35,7 +35,7 @@ BATCH = "2026-02-02"
 
 @pytest.fixture(scope="module")
 def setup(airflow_db, postgres_helper, tmp_path_factory) -> dict:
-    from lifecycle import demo_segments
+    from lifecycle.devtools import demo_segments
 
     root = Path(os.environ["DATA_ROOT"]) / NAME
     demo_segments.write(root, dt.date(2026, 1, 1), dt.date(2026, 2, 3), STORES, rows=1500)
@@ -69,7 +69,7 @@ def retrained(setup) -> subprocess.CompletedProcess:
 
 
 def _registered() -> dict[str, object]:
-    from lifecycle.tracking import mlflow_client
+    from lifecycle.registry.tracking import mlflow_client
 
     return {m.name: m for m in mlflow_client().search_registered_models(f"name LIKE '{NAME}%'", max_results=1000)}
 
@@ -81,7 +81,7 @@ def _window_counts(setup: dict) -> pd.Series:
 
 
 def test_every_store_with_enough_rows_gets_its_own_registered_champion(setup, retrained):
-    from lifecycle.config import load_pipeline
+    from lifecycle.config.pipeline import load_pipeline
 
     config = load_pipeline(setup["pipelines"] / YAML.name)
     counts = _window_counts(setup)
@@ -104,7 +104,7 @@ def test_every_store_with_enough_rows_gets_its_own_registered_champion(setup, re
 def test_batch_prediction_routes_each_row_to_its_stores_champion(setup, retrained):
     import mlflow
 
-    from lifecycle.tracking import mlflow_client
+    from lifecycle.registry.tracking import mlflow_client
 
     result = _run(setup, f"{NAME}__batch_predict", BATCH, {"partitions": 3})
     assert result.returncode == 0, _tail(result)

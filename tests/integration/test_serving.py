@@ -32,13 +32,14 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from lifecycle import demo_data, model_trust, tracking
-from lifecycle.config import PipelineConfig, load_pipeline
-from lifecycle.features import build_preprocessor, input_columns
-from lifecycle.models_page import rollback
-from lifecycle.predictions_db import engine_for
-from lifecycle.scoring import predict
+from lifecycle.config.pipeline import PipelineConfig, load_pipeline
+from lifecycle.devtools import demo_data
+from lifecycle.ml.features import build_preprocessor, input_columns
+from lifecycle.ml.scoring import predict
+from lifecycle.persistence.predictions_db import engine_for
+from lifecycle.registry import model_trust, tracking
 from lifecycle.serving.rollout import CHALLENGER, CHAMPION, assign_arm
+from lifecycle.ui.models_page import rollback
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "serving-test-key-0123456789"

@@ -32,7 +32,7 @@ ENV_EXAMPLE = ROOT / ".env.example"
 REQUIREMENTS = ROOT / "requirements.txt"
 PYPROJECT = ROOT / "pyproject.toml"
 DOCKERIGNORE = ROOT / ".dockerignore"
-CLI = ROOT / "include" / "lifecycle" / "cli.py"
+CLI = ROOT / "include" / "lifecycle" / "devtools" / "cli.py"
 
 AIRFLOW_SERVICES = {
     "airflow-init",
@@ -653,7 +653,7 @@ def test_serving_waits_for_mlflow_and_its_stores() -> None:
 
 
 def test_serving_gets_the_lifecycle_environment_of_the_dags() -> None:
-    from lifecycle.settings import LOCAL_DIR, embedded_environment
+    from lifecycle.config.settings import LOCAL_DIR, embedded_environment
 
     env, worker = environment(services()[SERVING]), environment(services()["airflow-worker"])
     # What an unset variable would quietly fall back to under .local/ (SQLite, local files) must be set, by
@@ -687,7 +687,7 @@ def test_serving_has_time_to_flush_its_prediction_log() -> None:
     grace = compose_duration(str(svc.get("stop_grace_period", "10s")))
     # On SIGTERM uvicorn waits for the requests in flight, then the lifespan flushes the queued log rows.
     in_flight = re.search(r"\btimeout_graceful_shutdown=(\d+)", CLI.read_text())
-    assert in_flight, "include/lifecycle/cli.py no longer bounds uvicorn's graceful shutdown"
+    assert in_flight, "include/lifecycle/devtools/cli.py no longer bounds uvicorn's graceful shutdown"
     flush = serving_settings({key: resolve(value) for key, value in environment(svc).items()}).shutdown_flush_seconds
     needed = int(in_flight.group(1)) + flush
     assert grace >= max(needed, 30), f"serving: stop_grace_period {grace:g}s < {needed:g}s (requests in flight + flush)"

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from lifecycle.local_airflow import running_airflow, tail, unpause, wait_for_dag, wait_for_run
+from lifecycle.devtools.local_airflow import running_airflow, tail, unpause, wait_for_dag, wait_for_run
 
 pytestmark = pytest.mark.airflow
 
@@ -120,8 +120,8 @@ def _seed_performance(database_url: str) -> str:
     and rollout DAGs write them; the hover text the page must show for one realised point."""
     import datetime as dt
 
-    from lifecycle import performance_store, rollout_store
-    from lifecycle.predictions_db import engine_for
+    from lifecycle.persistence import performance_store, rollout_store
+    from lifecycle.persistence.predictions_db import engine_for
 
     engine = engine_for(database_url)
     for i in range(7):

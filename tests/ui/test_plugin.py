@@ -21,7 +21,7 @@ def _seed(client, root):
     """Two retrain runs, both promoted: versions 1 and 2 of the demo model, 2 the champion; one report."""
     from mlflow.entities import Metric
 
-    from lifecycle import storage
+    from lifecycle.persistence import storage
 
     experiment = client.create_experiment(f"lifecycle/{PIPELINE}", artifact_location=(root / "mlartifacts").as_uri())
     client.create_registered_model(PIPELINE)
@@ -171,7 +171,7 @@ def test_the_page_s_static_files_are_served_where_its_relative_links_point(airfl
     """The page links static/...; served at /lifecycle/, those are /lifecycle/static/... on the api-server."""
     import re
 
-    from lifecycle import models_page
+    from lifecycle.ui import models_page
 
     http = airflow_app["http"]
     page = http.get("/lifecycle/", headers=_auth(airflow_app, "viewer")).text

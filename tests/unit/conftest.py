@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from lifecycle import demo_data
-from lifecycle.config import PipelineConfig, expand_env
+from lifecycle.config.pipeline import PipelineConfig, expand_env
+from lifecycle.devtools import demo_data
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_YAML = REPO / "include" / "pipelines" / "demo_churn.yaml"
@@ -85,7 +85,7 @@ def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Any:
     (client, experiment id). Creating MLflow's schema costs seconds, so a module shares one."""
     import mlflow
 
-    from lifecycle import tracking
+    from lifecycle.registry import tracking
 
     root = tmp_path_factory.mktemp("mlflow")
     with pytest.MonkeyPatch.context() as patch:

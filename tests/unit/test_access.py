@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from lifecycle import access
-from lifecycle.config import ConfigError, load_pipeline, load_pipelines
+from lifecycle.config.pipeline import ConfigError, load_pipeline, load_pipelines
+from lifecycle.ui import access
 
 ROLES = {"approvers": ["churn_approvers"], "rollbackers": ["churn_operators"], "viewers": ["analysts"]}
 

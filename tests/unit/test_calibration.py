@@ -13,8 +13,9 @@ from sklearn.calibration import CalibratedClassifierCV
 from sklearn.frozen import FrozenEstimator
 from sklearn.pipeline import Pipeline
 
-from lifecycle import features, storage, training
-from lifecycle.metrics import compute, scores
+from lifecycle.ml import features, training
+from lifecycle.ml.metrics import compute, scores
+from lifecycle.persistence import storage
 
 SERIAL = {"search_jobs": 1, "lgbm_threads": 1}
 GRID = {"num_leaves": [7], "n_estimators": [150], "learning_rate": [0.05], "min_child_samples": [50]}
@@ -145,24 +146,25 @@ def test_calibration_repairs_destroyed_probabilities(config, parts, fitted):
 @pytest.fixture(scope="module")
 def lifecycle_run(mlflow_store, config, frame, tmp_path_factory):
     """A real retrain up to the gate, without Airflow: snapshot, features, an MLflow run, challenger, baseline."""
-    from lifecycle import retrain
+    from lifecycle.tasks import retraining
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LIFECYCLE_SEARCH_JOBS", "1")
         run_id = "manual__calibration_test"
         snap = storage.write_parquet(storage.artifact_uri(config.name, run_id, "raw", "snapshot.parquet"), frame)
         snap |= {"window_start": str(frame[config.timestamp_column].min()), "window_end": "end"}
-        feats = retrain.prepare_features(config, run_id, snap["uri"], snap["sha256"])
-        mlflow_run_id = retrain.start_run(config, "test_calibration", run_id, {"reason": "calibration test"}, snap)
-        challenger = retrain.train_challenger(config, mlflow_run_id, feats, GRID, "grid")
-        baseline = retrain.train_baseline(config, mlflow_run_id, feats)
+        feats = retraining.prepare_features(config, run_id, snap["uri"], snap["sha256"])
+        mlflow_run_id = retraining.start_run(config, "test_calibration", run_id, {"reason": "calibration test"}, snap)
+        challenger = retraining.train_challenger(config, mlflow_run_id, feats, GRID, "grid")
+        baseline = retraining.train_baseline(config, mlflow_run_id, feats)
         yield {"run_id": run_id, "mlflow_run_id": mlflow_run_id, "features": feats, "challenger": challenger,
                "baseline": baseline, "client": mlflow_store[0]}  # fmt: skip
 
 
 def _log_destroyed(config, make_config, run: dict) -> dict:
     """The champion's model with destroyed probabilities, logged by the same path (uncalibrated: as it is)."""
-    from lifecycle import model_trust, retrain
+    from lifecycle.registry import model_trust
+    from lifecycle.tasks import retraining
 
     feats = run["features"]
     model = model_trust.load(run["challenger"]["model_uri"])
@@ -173,13 +175,13 @@ def _log_destroyed(config, make_config, run: dict) -> dict:
     columns = feats["input_columns"]
     as_is = make_config(training={**SPLITS, "grid": GRID, "calibration": "none"})
     broken = destroyed(model, validation, columns, config.target)
-    logged = retrain._log_model(as_is, run["mlflow_run_id"], broken, train, columns, feats, "destroyed")
+    logged = retraining._log_model(as_is, run["mlflow_run_id"], broken, train, columns, feats, "destroyed")
     assert logged["calibration"]["method"] == "none"
     return {**logged, "family": "lightgbm"}
 
 
 def test_training_logs_a_calibrated_model_with_its_method_and_reason(config, lifecycle_run):
-    from lifecycle import model_trust
+    from lifecycle.registry import model_trust
 
     run = lifecycle_run["client"].get_run(lifecycle_run["mlflow_run_id"])
     assert run.data.params["calibration.method"] == "sigmoid"
@@ -194,10 +196,10 @@ def test_training_logs_a_calibrated_model_with_its_method_and_reason(config, lif
 def test_gate_refuses_the_destroyed_copy_of_the_real_champion_on_log_loss(config, make_config, lifecycle_run):
     import mlflow
 
-    from lifecycle import retrain
+    from lifecycle.tasks import retraining
 
     run = lifecycle_run
-    evaluate = lambda challenger: retrain.evaluate(  # noqa: E731
+    evaluate = lambda challenger: retraining.evaluate(  # noqa: E731
         config, run["run_id"], run["mlflow_run_id"], run["features"], challenger, run["baseline"]
     )
     # No champion yet: the clean model is promoted; its secondary check is against the baseline's log loss.
@@ -253,8 +255,8 @@ def test_gate_refuses_the_destroyed_copy_of_the_real_champion_on_log_loss(config
 def test_the_report_draws_a_reliability_row_for_classification_with_counts(task, config, parts, fitted):
     from PIL import Image
 
-    from lifecycle.metrics import reliability
-    from lifecycle.report import figure_png, html_report
+    from lifecycle.ml.metrics import reliability
+    from lifecycle.ui.report import figure_png, html_report
 
     model, columns = fitted
     y = parts["holdout"][config.target].to_numpy()
@@ -288,7 +290,7 @@ def test_multiclass_calibration_keeps_every_class_and_its_probabilities_sum_to_o
     import importlib.util
     from pathlib import Path
 
-    from lifecycle.config import PipelineConfig
+    from lifecycle.config.pipeline import PipelineConfig
 
     path = Path(__file__).resolve().parents[1] / "integration" / "matrix_data.py"
     spec = importlib.util.spec_from_file_location("calibration_matrix_data", path)

@@ -28,9 +28,11 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from lifecycle import contract, demo_data, ingestion, predictions_db, scoring, storage, validation
-from lifecycle.config import PipelineConfig
-from lifecycle.features import build_preprocessor, input_columns, time_split
+from lifecycle.config.pipeline import PipelineConfig
+from lifecycle.devtools import demo_data
+from lifecycle.ml import contract, ingestion, scoring, validation
+from lifecycle.ml.features import build_preprocessor, input_columns, time_split
+from lifecycle.persistence import predictions_db, storage
 
 DEMO = Path(__file__).resolve().parents[2] / "include" / "pipelines" / "demo_churn.yaml"
 AS_OF = dt.date(2026, 2, 20)

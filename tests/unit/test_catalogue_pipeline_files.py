@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lifecycle import demo_data
-from lifecycle.check import check_pipeline
-from lifecycle.config import ConfigError, load_pipeline, load_pipelines
+from lifecycle.config.pipeline import ConfigError, load_pipeline, load_pipelines
+from lifecycle.devtools import demo_data
+from lifecycle.devtools.check import check_pipeline
 
 DEMO = Path(__file__).resolve().parents[2] / "include" / "pipelines" / "demo_churn.yaml"
 AS_OF = dt.date(2026, 2, 20)
@@ -210,7 +210,7 @@ CHECK_CASES = [
 
 @pytest.mark.parametrize(("change", "words"), [c[1:] for c in CHECK_CASES], ids=[c[0] for c in CHECK_CASES])
 def test_what_only_the_data_can_tell_is_named_by_the_pre_flight_check(change, words, data_root, record_property):
-    from lifecycle.config import PipelineConfig
+    from lifecycle.config.pipeline import PipelineConfig
 
     config = PipelineConfig.model_validate(change(_good(data_root), data_root))
     report = check_pipeline(config, AS_OF, None, {}, path="broken.yaml")
@@ -225,7 +225,7 @@ def test_what_only_the_data_can_tell_is_named_by_the_pre_flight_check(change, wo
 
 
 def test_the_good_file_passes_both_stages(data_root):
-    from lifecycle.config import PipelineConfig
+    from lifecycle.config.pipeline import PipelineConfig
 
     report = check_pipeline(PipelineConfig.model_validate(_good(data_root)), AS_OF, None, {})
     assert report["ok"], report["problems"]

@@ -25,9 +25,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from lifecycle import contract, demo_data, ingestion, storage, validation
-from lifecycle.config import PipelineConfig
-from lifecycle.features import SplitError, time_split
+from lifecycle.config.pipeline import PipelineConfig
+from lifecycle.devtools import demo_data
+from lifecycle.ml import contract, ingestion, validation
+from lifecycle.ml.features import SplitError, time_split
+from lifecycle.persistence import storage
 
 DEMO = Path(__file__).resolve().parents[2] / "include" / "pipelines" / "demo_churn.yaml"
 AS_OF = dt.date(2026, 2, 20)
@@ -379,8 +381,8 @@ def test_through_airflow_a_type_change_fails_the_retrain_at_validation(champion,
     float fails validation.validate_snapshot naming it; no MLflow run starts, the champion stays."""
     import mlflow
 
-    from lifecycle.tracking import champion as champion_version
-    from lifecycle.tracking import mlflow_client
+    from lifecycle.registry.tracking import champion as champion_version
+    from lifecycle.registry.tracking import mlflow_client
 
     version = champion_version("demo_churn")
     recorded = mlflow.artifacts.load_dict(f"runs:/{version.run_id}/{contract.ARTIFACT}")

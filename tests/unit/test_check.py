@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from lifecycle import cli
-from lifecycle.check import check_pipeline, day_ranges, default_as_of, render
-from lifecycle.config import PipelineConfig
+from lifecycle.config.pipeline import PipelineConfig
+from lifecycle.devtools import cli
+from lifecycle.devtools.check import check_pipeline, day_ranges, default_as_of, render
 
 START = dt.date(2026, 1, 1)
 DAYS, ROWS = 10, 20
@@ -198,7 +198,7 @@ def test_day_ranges():
 @pytest.fixture
 def cli_env(monkeypatch):
     """The CLI fills in the embedded default: keep what it sets inside this test."""
-    from lifecycle.settings import embedded_environment
+    from lifecycle.config.settings import embedded_environment
 
     for key, value in embedded_environment().items():
         monkeypatch.setenv(key, os.environ.get(key, value))

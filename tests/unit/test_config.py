@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from lifecycle.config import (
+from lifecycle.config.pipeline import (
     ConfigError,
     PipelineConfig,
     check_all,

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lifecycle import config as config_module
-from lifecycle.config import ConfigError, load_pipeline, load_pipelines, parse_cache_file
+from lifecycle.config import pipeline as config_module
+from lifecycle.config.pipeline import ConfigError, load_pipeline, load_pipelines, parse_cache_file
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = (REPO / "include" / "pipelines" / "demo_churn.yaml").read_text()

@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lifecycle import contract, storage
-from lifecycle.features import time_split
-from lifecycle.validation import DataValidationError
+from lifecycle.ml import contract
+from lifecycle.ml.features import time_split
+from lifecycle.ml.validation import DataValidationError
+from lifecycle.persistence import storage
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +215,7 @@ def test_a_batch_read_by_row_groups_is_judged_as_a_whole(reference, config, late
 def test_recorded_with_the_run_and_loaded_for_the_champion(mlflow_store, config, reference, make_frame):
     import mlflow
 
-    from lifecycle.tracking import champion
+    from lifecycle.registry.tracking import champion
 
     client, experiment = mlflow_store
     assert contract.for_champion(config) is None  # no champion yet

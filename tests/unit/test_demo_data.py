@@ -7,7 +7,7 @@ import datetime as dt
 import pandas as pd
 import pytest
 
-from lifecycle import demo_data
+from lifecycle.devtools import demo_data
 
 DAY = dt.date(2026, 1, 10)
 

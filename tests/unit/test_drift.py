@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lifecycle import demo_data, drift
-from lifecycle.config import Drift, load_pipeline
-from lifecycle.drift_check import html_report
+from lifecycle.config.pipeline import Drift, load_pipeline
+from lifecycle.devtools import demo_data
+from lifecycle.ml import drift
+from lifecycle.tasks.drift_monitoring import html_report
 
 DRIFT_FROM = dt.date(2026, 3, 10)
 
@@ -177,7 +178,7 @@ def test_day_to_day_movement_of_the_reference_is_not_drift_but_a_real_shift_is()
     """Weather-like data: each day has its own level. An ordinary new day passes; a shifted one does not."""
     from types import SimpleNamespace
 
-    from lifecycle.drift import check, day_floor, reference_profile
+    from lifecycle.ml.drift import check, day_floor, reference_profile
 
     rng = np.random.default_rng(7)
 
@@ -204,8 +205,9 @@ def test_day_to_day_movement_of_the_reference_is_not_drift_but_a_real_shift_is()
 def test_events_the_scheduler_deferred_are_checked_once_and_a_retry_checks_again(config, tmp_path, monkeypatch):
     """A predictions event that lands after an asset-triggered run's date is handed to that run too; the run the
     scheduler later makes for it skips the batch, checked since by another run; a retry of a run checks again."""
-    from lifecycle import drift_check, drift_store
-    from lifecycle.predictions_db import engine_for
+    from lifecycle.persistence import drift_store
+    from lifecycle.persistence.predictions_db import engine_for
+    from lifecycle.tasks import drift_monitoring
 
     url = f"sqlite:///{tmp_path / 'predictions.db'}"
     checked: list[tuple[str, str]] = []
@@ -227,7 +229,7 @@ def test_events_the_scheduler_deferred_are_checked_once_and_a_retry_checks_again
         checked.append((run_id, batch_key))
         return {"batch_key": batch_key, "retrain": False}
 
-    monkeypatch.setattr(drift_check, "run_check", check)
+    monkeypatch.setattr(drift_monitoring, "run_check", check)
     now = dt.datetime.now(dt.UTC)
 
     def event(day: str, seconds_ago: float) -> dict:
@@ -238,16 +240,16 @@ def test_events_the_scheduler_deferred_are_checked_once_and_a_retry_checks_again
         }
 
     # Run 1 was triggered by day 24's event; day 25's landed before the run was created: both are checked.
-    first = drift_check.run_checks(config, "run1", [event("2026-02-24", 9), event("2026-02-25", 5)], url)
+    first = drift_monitoring.run_checks(config, "run1", [event("2026-02-24", 9), event("2026-02-25", 5)], url)
     assert [c["batch_key"] for c in first] == ["2026-02-24", "2026-02-25"]
     # Run 2, made later for day 25's event, finds it checked by run 1 since the event: nothing to do.
-    assert drift_check.run_checks(config, "run2", [event("2026-02-25", 5)], url) == []
+    assert drift_monitoring.run_checks(config, "run2", [event("2026-02-25", 5)], url) == []
     # A retry of run 1 (its first attempt may have died before the report) checks again; so does a manual run.
-    assert len(drift_check.run_checks(config, "run1", [event("2026-02-25", 5)], url)) == 1
-    assert len(drift_check.run_checks(config, "manual", [event("2026-02-25", 5)], url, recheck=True)) == 1
+    assert len(drift_monitoring.run_checks(config, "run1", [event("2026-02-25", 5)], url)) == 1
+    assert len(drift_monitoring.run_checks(config, "manual", [event("2026-02-25", 5)], url, recheck=True)) == 1
     # The batch scored again after the last check: its new event is checked.
-    assert len(drift_check.run_checks(config, "run3", [event("2026-02-25", -1)], url)) == 1
+    assert len(drift_monitoring.run_checks(config, "run3", [event("2026-02-25", -1)], url)) == 1
     # Two events of one batch in one run: the batch is checked once.
-    assert len(drift_check.run_checks(config, "run4", [event("2026-02-26", 3), event("2026-02-26", 2)], url)) == 1
+    assert len(drift_monitoring.run_checks(config, "run4", [event("2026-02-26", 3), event("2026-02-26", 2)], url)) == 1
     assert checked == [("run1", "2026-02-24"), ("run1", "2026-02-25"), ("run1", "2026-02-25"),
                        ("manual", "2026-02-25"), ("run3", "2026-02-25"), ("run4", "2026-02-26")]  # fmt: skip

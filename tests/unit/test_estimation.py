@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from lifecycle import estimation
-from lifecycle.estimation import ESTIMABLE, REALISABLE, clean_scores, estimate, realised
+from lifecycle.ml import estimation
+from lifecycle.ml.estimation import ESTIMABLE, REALISABLE, clean_scores, estimate, realised
 
 N = 5000
 THRESHOLD = 0.3
@@ -39,7 +39,7 @@ def draw_labels(p: np.ndarray, seed: int) -> np.ndarray:
 
 
 def table_labels(scores: np.ndarray, positive: str = "1", negative: str = "0") -> np.ndarray:
-    """The predicted label column as lifecycle.scoring writes it: the class name as text at the threshold."""
+    """The predicted label column as lifecycle.ml.scoring writes it: the class name as text at the threshold."""
     return np.where(scores >= THRESHOLD, positive, negative).astype(object)
 
 

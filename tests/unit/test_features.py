@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lifecycle import features
+from lifecycle.ml import features
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lifecycle import ingestion
-from lifecycle.config import load_pipeline
-from lifecycle.examples import flights
+from lifecycle.config.pipeline import load_pipeline
+from lifecycle.devtools.examples import flights
+from lifecycle.ml import ingestion
 
 REPO = Path(__file__).resolve().parents[2]
 YAML = REPO / "examples" / "pipelines" / "flights_delay.yaml"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lifecycle.gate import decide
+from lifecycle.ml.gate import decide
 
 FLOORS = {"roc_auc": 0.65, "pr_auc": 0.25}
 GOOD = {"roc_auc": 0.80, "pr_auc": 0.40, "log_loss": 0.30}
@@ -158,7 +158,7 @@ def test_champion_without_comparison_never_promotes():
 
 
 def test_approve_mode_waits_for_a_person_only_when_the_checks_pass():
-    from lifecycle.gate import decide
+    from lifecycle.ml.gate import decide
 
     common = {"primary": "roc_auc", "floors": {"roc_auc": 0.6}, "min_improvement": 0.0, "champion": None,
               "comparison": None, "baseline": {"roc_auc": 0.7}}  # fmt: skip
@@ -187,7 +187,7 @@ def test_approve_mode_waits_for_a_person_only_when_the_checks_pass():
     ],
 )
 def test_the_answer_and_who_gave_it_become_tags(answer, state, who):
-    from lifecycle.retrain import approval_outcome
+    from lifecycle.tasks.retraining import approval_outcome
 
     tags = approval_outcome(answer)
     assert tags["gate.approval"].startswith(state) and tags["gate.approved_by"] == who
@@ -207,7 +207,7 @@ def test_canary_mode_starts_a_canary_when_there_is_a_champion_to_compare_online(
 def test_canary_mode_needs_a_rollout_on_the_challenger_alias(make_config):
     from pydantic import ValidationError
 
-    from lifecycle.config import ConfigError  # noqa: F401  (the loader wraps this ValidationError per file)
+    from lifecycle.config.pipeline import ConfigError  # noqa: F401  (the loader wraps this ValidationError per file)
 
     with pytest.raises(ValidationError, match="gate.mode 'canary' moves the 'challenger' alias"):
         make_config(gate={"mode": "canary"})

@@ -8,9 +8,11 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from lifecycle import demo_data, ingestion, storage
-from lifecycle.config import PipelineConfig
-from lifecycle.ingestion import SourceError
+from lifecycle.config.pipeline import PipelineConfig
+from lifecycle.devtools import demo_data
+from lifecycle.ml import ingestion
+from lifecycle.ml.ingestion import SourceError
+from lifecycle.persistence import storage
 
 START = dt.date(2026, 1, 1)
 ROWS = 50

@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from lifecycle import demo_data, labels
-from lifecycle.config import PipelineConfig, load_pipeline
-from lifecycle.ingestion import SourceError
+from lifecycle.config.pipeline import PipelineConfig, load_pipeline
+from lifecycle.devtools import demo_data
+from lifecycle.ml import labels
+from lifecycle.ml.ingestion import SourceError
 
 DEMO = "include/pipelines/demo_churn.yaml"
 

@@ -20,9 +20,10 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from lifecycle import ingestion, metrics, scoring, storage
-from lifecycle.config import PipelineConfig
-from lifecycle.ingestion import SourceError
+from lifecycle.config.pipeline import PipelineConfig
+from lifecycle.ml import ingestion, metrics, scoring
+from lifecycle.ml.ingestion import SourceError
+from lifecycle.persistence import storage
 
 
 def _matrix_data():
@@ -229,8 +230,8 @@ def test_missing_partition_is_listed_and_fails_past_the_limit(cells, frames, s3,
 @pytest.fixture(scope="module")
 def models(frames):
     """A small LightGBM and the linear baseline per task, trained on the first days (one process, no workers)."""
-    from lifecycle.features import input_columns
-    from lifecycle.training import fit_baseline, fit_search
+    from lifecycle.ml.features import input_columns
+    from lifecycle.ml.training import fit_baseline, fit_search
 
     trained = {}
     for task in md.TASKS:
@@ -425,7 +426,7 @@ def test_values_of_different_kinds_in_different_chunks_are_refused(tmp_path):
 @pytest.fixture(scope="module")
 def without_rare(models):
     """The multiclass model's twin trained on the same days without the rare class (four classes)."""
-    from lifecycle.training import fit_search
+    from lifecycle.ml.training import fit_search
 
     config, model, _, holdout, columns = models["multiclass"]
     data = md.frame("multiclass", START, DAYS, ROWS).merge(md.stores(), on="store", how="left")
@@ -477,8 +478,8 @@ def _rare_only_early(config):
 
 @pytest.mark.parametrize("primary", ["roc_auc", "log_loss"])
 def test_search_scorer_holds_up_when_a_fold_lacks_a_class(models, primary):
-    from lifecycle.features import input_columns
-    from lifecycle.training import make_search
+    from lifecycle.ml.features import input_columns
+    from lifecycle.ml.training import make_search
 
     data = models["multiclass"][0].model_dump()
     config = PipelineConfig.model_validate({**data, "training": {**data["training"], "primary_metric": primary}})
@@ -492,7 +493,7 @@ def test_search_scorer_holds_up_when_a_fold_lacks_a_class(models, primary):
 
 def test_search_with_a_rare_class_missing_from_a_fold(models):
     """scikit-learn's roc_auc_ovr/neg_log_loss raise on such a fold; the search scores it on every class."""
-    from lifecycle.training import fit_search
+    from lifecycle.ml.training import fit_search
 
     config = models["multiclass"][0]
     plan = {"search_jobs": 1, "lgbm_threads": 1}

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from lifecycle.config import METRICS
-from lifecycle.metrics import (
+from lifecycle.config.pipeline import METRICS
+from lifecycle.ml.metrics import (
     SCORERS,
     bootstrap_difference,
     brier,

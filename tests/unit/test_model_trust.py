@@ -14,7 +14,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from lifecycle import model_trust, tracking
+from lifecycle.registry import model_trust, tracking
 from lifecycle_runtime.v1 import prepare_raw, prepared_names
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"

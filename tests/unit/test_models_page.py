@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from lifecycle import drift_store, models_page, performance_store, rollout_store
-from lifecycle.predictions_db import COLUMNS, engine_for, write_batch
+from lifecycle.persistence import drift_store, performance_store, rollout_store
+from lifecycle.persistence.predictions_db import COLUMNS, engine_for, write_batch
+from lifecycle.ui import models_page
 
 DAY_MS = 86_400_000
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -53,7 +54,7 @@ def seed_retrain(
     window_days: int = 35,
     grid: dict | None = None,
 ) -> tuple[str, int | None]:
-    """One retrain run as lifecycle.retrain logs it; registered (and made champion) when `register`."""
+    """One retrain run as lifecycle.tasks.retraining logs it; registered (and made champion) when `register`."""
     from mlflow.entities import Metric
 
     params = {"as_of_date": as_of, "reason": reason, "search": "halving", "window_days": window_days}
@@ -429,7 +430,7 @@ def test_templates_autoescape_and_refuse_undefined_names():
 
 
 def test_rollback_moves_the_alias_and_records_who_when_and_why(store, make_config, tmp_path):
-    from lifecycle.predictions_db import engine_for
+    from lifecycle.persistence.predictions_db import engine_for
 
     engine = engine_for(f"sqlite:///{tmp_path / 'predictions.db'}")
     client = store["client"]

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from lifecycle import gx_registry
-from lifecycle.config import PipelineConfig, expression_columns, load_pipeline
+from lifecycle.config import gx_registry
+from lifecycle.config.pipeline import PipelineConfig, expression_columns, load_pipeline
 
 DEMO = "include/pipelines/demo_churn.yaml"
 
@@ -31,7 +31,7 @@ def _refused(path: str, value, *words: str) -> None:
 
 
 def test_the_snapshot_is_the_installed_great_expectations_registry():
-    assert gx_registry.generate() == gx_registry.registry(), "run python -m lifecycle.gx_registry --write"
+    assert gx_registry.generate() == gx_registry.registry(), "run python -m lifecycle.config.gx_registry --write"
 
 
 CASES = [

@@ -12,9 +12,9 @@ import pytest
 import sqlalchemy as sa
 from sklearn.linear_model import LogisticRegression
 
-from lifecycle import registry_history, tracking
-from lifecycle.models_page import rollback
-from lifecycle.predictions_db import engine_for
+from lifecycle.persistence.predictions_db import engine_for
+from lifecycle.registry import registry_history, tracking
+from lifecycle.ui.models_page import rollback
 
 NAME = ""  # each test's own registered model name, set by the `store` fixture
 
@@ -174,7 +174,7 @@ def test_the_version_on_a_date_comes_from_the_history(store, engine):
 
 
 def test_the_demos_simulated_clock_dates_a_promotion_at_its_as_of_day(store, engine, monkeypatch):
-    from lifecycle.retrain import simulated_move_time
+    from lifecycle.tasks.retraining import simulated_move_time
 
     snapshot = {"window_end": "2026-03-01"}
     monkeypatch.delenv("LIFECYCLE_SIMULATED_CLOCK", raising=False)
@@ -190,8 +190,8 @@ def test_the_demos_simulated_clock_dates_a_promotion_at_its_as_of_day(store, eng
 
 
 def test_a_retried_start_reuses_the_run_and_a_failure_ends_it_naming_the_task(store, monkeypatch):
-    from lifecycle.config import PipelineConfig
-    from lifecycle.retrain import fail_run, start_run
+    from lifecycle.config.pipeline import PipelineConfig
+    from lifecycle.tasks.retraining import fail_run, start_run
 
     client, _ = store
     config = PipelineConfig.model_validate(

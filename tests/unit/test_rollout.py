@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from lifecycle.config import ConfigError, PipelineConfig, Rollout, load_pipeline
+from lifecycle.config.pipeline import ConfigError, PipelineConfig, Rollout, load_pipeline
 from lifecycle.serving.rollout import (
     CHALLENGER,
     CHAMPION,

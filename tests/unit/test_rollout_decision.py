@@ -14,11 +14,13 @@ import pytest
 from scipy.stats import norm
 from sklearn.linear_model import LogisticRegression
 
-from lifecycle import registry_history, rollout_decision, rollout_store, tracking
-from lifecycle.config import RolloutDecision
-from lifecycle.ingestion import SourceError
-from lifecycle.predictions_db import engine_for
-from lifecycle.rollout_decision import ABORT, CHALLENGER, CHAMPION, EXTEND, PROMOTE
+from lifecycle.config.pipeline import RolloutDecision
+from lifecycle.ml.ingestion import SourceError
+from lifecycle.persistence import rollout_store
+from lifecycle.persistence.predictions_db import engine_for
+from lifecycle.registry import registry_history, tracking
+from lifecycle.tasks import rollout_decisions
+from lifecycle.tasks.rollout_decisions import ABORT, CHALLENGER, CHAMPION, EXTEND, PROMOTE
 
 UTC = dt.UTC
 DAY = dt.date(2026, 3, 2)
@@ -59,7 +61,7 @@ def test_a_prediction_meets_the_label_of_its_entity_and_its_utc_day_only():
             ("c", pd.Timestamp("2026-03-01 20:00"), 1),  # two labels that day: the latest wins
         ]
     )
-    joined = rollout_decision.join_labels(predictions, labels)
+    joined = rollout_decisions.join_labels(predictions, labels)
     got = {(r.entity_id, str(r.day), r.arm): r.actual for r in joined.itertuples()}
     assert got == {
         ("a", "2026-03-01", CHAMPION): 1,
@@ -78,7 +80,7 @@ def test_an_entity_asked_about_twice_that_day_counts_once_with_its_latest_predic
         ]
     )
     labels = _labels([("a", pd.Timestamp("2026-03-01"), 1), ("a", pd.Timestamp("2026-03-02"), 0)])
-    joined = rollout_decision.join_labels(predictions, labels)
+    joined = rollout_decisions.join_labels(predictions, labels)
     assert sorted(zip(joined["day"].astype(str), joined["score"], strict=True)) == [
         ("2026-03-01", 0.9),
         ("2026-03-02", 0.4),
@@ -96,7 +98,7 @@ def test_shadow_pairs_are_the_same_request_and_row_and_a_missing_shadow_score_dr
             _prediction("c", CHALLENGER, at, score=0.6, request="r2", row=0, shadow=True),
         ]
     )
-    pairs = rollout_decision.pair_shadow(predictions)
+    pairs = rollout_decisions.pair_shadow(predictions)
     assert sorted(zip(pairs["entity_id"], pairs["score"], pairs["challenger_score"], strict=True)) == [
         ("a", 0.2, 0.7),
         ("c", 0.4, 0.6),
@@ -124,7 +126,7 @@ def test_unpaired_intervals_cover_the_true_aucs_and_their_difference():
     reps = 12  # fixed seeds: the same numbers every run (each roc_auc costs ~1-5 ms, 200 per repetition)
     for seed in range(reps):
         champion, challenger = _binormal(rng, 600, 0.6), _binormal(rng, 500, 1.2)
-        result = rollout_decision.compare(
+        result = rollout_decisions.compare(
             "binary", "roc_auc", True, champion, challenger, paired=False, resamples=100, confidence=0.9, seed=seed
         )
         covered["champion"] += result["champion_ci_low"] <= truth_a <= result["champion_ci_high"]
@@ -150,8 +152,8 @@ def test_paired_intervals_cover_the_truth_and_are_narrower_than_ignoring_the_pai
         a = 1.0 / (1.0 + np.exp(-(0.8 * y + noise_a)))
         b = 1.0 / (1.0 + np.exp(-(1.0 * y + noise_b)))
         kwargs = {"resamples": 100, "confidence": 0.9, "seed": seed}
-        paired = rollout_decision.compare("binary", "roc_auc", True, (y, a), (y, b), paired=True, **kwargs)
-        unpaired = rollout_decision.compare("binary", "roc_auc", True, (y, a), (y, b), paired=False, **kwargs)
+        paired = rollout_decisions.compare("binary", "roc_auc", True, (y, a), (y, b), paired=True, **kwargs)
+        unpaired = rollout_decisions.compare("binary", "roc_auc", True, (y, a), (y, b), paired=False, **kwargs)
         assert paired["difference"] == pytest.approx(unpaired["difference"])  # the same point estimate
         covered += paired["difference_ci_low"] <= truth <= paired["difference_ci_high"]
         width = paired["difference_ci_high"] - paired["difference_ci_low"]
@@ -166,7 +168,7 @@ def test_a_lower_is_better_metric_is_oriented_so_that_above_zero_is_better():
     x = rng.standard_normal(3000)
     y_a, y_b = x + rng.normal(0, 0.5, 3000), x + rng.normal(0, 0.5, 3000)
     pred_a, pred_b = x + rng.normal(0, 1.0, 3000), x + rng.normal(0, 0.3, 3000)  # the challenger is better
-    result = rollout_decision.compare(
+    result = rollout_decisions.compare(
         "regression", "mae", False, (y_a, pred_a), (y_b, pred_b), paired=False, resamples=200, confidence=0.9
     )
     truth_a, truth_b = math.hypot(0.5, 1.0) * math.sqrt(2 / math.pi), math.hypot(0.5, 0.3) * math.sqrt(2 / math.pi)
@@ -199,7 +201,7 @@ def _result(low: float, high: float) -> dict:
 )
 def test_each_branch_of_the_policy_and_its_reason(low, high, rows, days, tolerance, expected, words):
     rule = RolloutDecision(tolerance=tolerance)
-    decision, reason = rollout_decision.policy(rule, "roc_auc", rows, rows + 10, _result(low, high), days)
+    decision, reason = rollout_decisions.policy(rule, "roc_auc", rows, rows + 10, _result(low, high), days)
     assert decision == expected
     assert words in reason
     assert f"{rows} champion and {rows + 10} challenger labelled rows" in reason
@@ -211,8 +213,8 @@ def test_each_branch_of_the_policy_and_its_reason(low, high, rows, days, toleran
 def test_nothing_measurable_extends_until_max_days():
     rule = RolloutDecision(max_days=5)
     empty = {"difference": None, "difference_ci_low": None, "difference_ci_high": None}
-    assert rollout_decision.policy(rule, "roc_auc", 0, 0, empty, 2)[0] == EXTEND
-    decision, reason = rollout_decision.policy(rule, "roc_auc", 0, 0, empty, 5)
+    assert rollout_decisions.policy(rule, "roc_auc", 0, 0, empty, 2)[0] == EXTEND
+    decision, reason = rollout_decisions.policy(rule, "roc_auc", 0, 0, empty, 5)
     assert decision == ABORT and "cannot be measured yet" in reason
 
 
@@ -238,11 +240,11 @@ def test_evaluate_promotes_a_clearly_better_canary_and_aborts_a_clearly_worse_on
                                   "decision": {"min_labelled": 200, "resamples": 200}})  # fmt: skip
     rng = np.random.default_rng(4)
     predictions, labels = _canary_log(rng, 1200, 0.3, 1.5)
-    better = rollout_decision.evaluate(config, predictions, labels, ("1", "2"), 1)
+    better = rollout_decisions.evaluate(config, predictions, labels, ("1", "2"), 1)
     assert better["decision"] == PROMOTE, better["reason"]
     assert better["champion_rows"] == 600 and better["challenger_rows"] == 600
     assert better["metric"] == "roc_auc" and better["paired"] is False and better["difference_ci_low"] > 0
-    worse = rollout_decision.evaluate(config, *_canary_log(rng, 1200, 1.5, 0.3), ("1", "2"), 1)
+    worse = rollout_decisions.evaluate(config, *_canary_log(rng, 1200, 1.5, 0.3), ("1", "2"), 1)
     assert worse["decision"] == ABORT and worse["difference_ci_high"] < 0, worse["reason"]
 
 
@@ -250,7 +252,7 @@ def test_evaluate_counts_only_the_versions_under_test(make_config):
     config = make_config(serving={"rollout": {"mode": "canary", "challenger": "challenger"}})
     predictions, labels = _canary_log(np.random.default_rng(5), 400, 0.5, 0.5)
     predictions.loc[predictions.index < 100, "model_version"] = "7"  # an earlier champion's answers
-    result = rollout_decision.evaluate(config, predictions, labels, ("1", "2"), 1)
+    result = rollout_decisions.evaluate(config, predictions, labels, ("1", "2"), 1)
     assert result["champion_rows"] + result["challenger_rows"] == 300
     assert result["decision"] == EXTEND and "too few labelled rows" in result["reason"]
 
@@ -262,7 +264,7 @@ def test_a_multiclass_roc_auc_is_measured_as_accuracy_and_the_reason_says_so(mak
     rows = [_prediction(i, CHALLENGER if i % 2 else CHAMPION, at, score=0.6, request=f"r{i}",
                         label=("a" if i % 2 else ["a", "b", "c"][i % 3])) for i in range(300)]  # fmt: skip
     labels = _labels([(str(i), pd.Timestamp(DAY), "a") for i in range(300)])
-    result = rollout_decision.evaluate(config, pd.DataFrame(rows), labels, ("1", "2"), 1)
+    result = rollout_decisions.evaluate(config, pd.DataFrame(rows), labels, ("1", "2"), 1)
     assert result["metric"] == "accuracy"
     assert result["challenger_value"] == 1.0 and result["champion_value"] == pytest.approx(50 / 150)
     assert "roc_auc needs more than the online log keeps: measured accuracy" in result["reason"]
@@ -277,7 +279,7 @@ def test_labels_that_do_not_fit_the_task_name_the_column_and_values(make_config)
     predictions = pd.DataFrame([_prediction(1, CHAMPION, at, score=3.0, label=None)])
     labels = _labels([("1", pd.Timestamp(DAY), "twelve")])
     with pytest.raises(SourceError, match=r"labels source column 'monthly_spend'.*values like \['twelve'\]"):
-        rollout_decision.evaluate(config, predictions, labels, ("1", "2"), 1)
+        rollout_decisions.evaluate(config, predictions, labels, ("1", "2"), 1)
 
 
 # ---- the decisions table ----------------------------------------------------------------------------------------------
@@ -342,10 +344,10 @@ def _moves(engine, name: str, alias: str) -> list[tuple]:
 def test_promote_moves_the_champion_removes_the_challenger_and_a_second_apply_changes_nothing(registry):
     client, config, engine, url = registry
     name = config.registered_model_name
-    first = rollout_decision.apply(config, "run-1", _decision(PROMOTE), url)
+    first = rollout_decisions.apply(config, "run-1", _decision(PROMOTE), url)
     assert first["champion_moved"] and first["moved_now"] and first["alias_removed"]
     assert str(tracking.champion(name).version) == "2" and tracking.champion(name, "challenger") is None
-    again = rollout_decision.apply(config, "run-1", _decision(PROMOTE), url)  # a retry, or the same decision rerun
+    again = rollout_decisions.apply(config, "run-1", _decision(PROMOTE), url)  # a retry, or the same decision rerun
     assert again["champion_moved"] and not again["moved_now"] and not again["alias_removed"]
     assert _moves(engine, name, "champion") == [("1", None, "gate"), ("2", "1", "rollout")]
     assert _moves(engine, name, "challenger") == [("2", None, "gate"), (tracking.ALIAS_REMOVED, "2", "rollout")]
@@ -354,14 +356,14 @@ def test_promote_moves_the_champion_removes_the_challenger_and_a_second_apply_ch
     tags = client.get_model_version(name, "2").tags
     assert tags["rollout.decision"] == PROMOTE and tags["rollout.decided_on"] == DAY.isoformat()
     assert tags["previous_champion"] == "1"
-    assert rollout_decision.decide(config, "run-2", DAY, url)["skipped"]  # the test is over: nothing to decide
+    assert rollout_decisions.decide(config, "run-2", DAY, url)["skipped"]  # the test is over: nothing to decide
 
 
 def test_a_retry_after_dying_between_the_champion_move_and_the_alias_removal_finishes_the_job(registry):
     _client, config, engine, url = registry
     name = config.registered_model_name
     tracking.promote_version(name, "2", "1", engine=engine, moved_by="the rollout", how="rollout")  # then it died
-    answer = rollout_decision.apply(config, "run-1", _decision(PROMOTE), url)
+    answer = rollout_decisions.apply(config, "run-1", _decision(PROMOTE), url)
     assert not answer["moved_now"] and answer["alias_removed"]
     assert tracking.champion(name, "challenger") is None
     assert [m[2] for m in _moves(engine, name, "champion")] == ["gate", "rollout"]
@@ -374,7 +376,7 @@ def test_promote_refuses_when_the_champion_moved_since_the_decision(registry):
     client.set_registered_model_alias(name, "challenger", "1")
     stale = _decision(PROMOTE) | {"challenger_version": "1"}
     with pytest.raises(tracking.ChampionMovedError, match="is version 2, but the decision compared version 1 against"):
-        rollout_decision.apply(config, "run-1", stale, url)
+        rollout_decisions.apply(config, "run-1", stale, url)
     assert str(tracking.champion(name).version) == "2" and str(tracking.champion(name, "challenger").version) == "1"
     assert _moves(engine, name, "champion")[-1] == ("2", "1", "observed")
 
@@ -382,11 +384,11 @@ def test_promote_refuses_when_the_champion_moved_since_the_decision(registry):
 def test_abort_removes_the_challenger_alias_once_and_extend_changes_nothing(registry):
     client, config, engine, url = registry
     name = config.registered_model_name
-    extended = rollout_decision.apply(config, "run-0", _decision(EXTEND), url)
+    extended = rollout_decisions.apply(config, "run-0", _decision(EXTEND), url)
     assert extended["action"] == EXTEND and str(tracking.champion(name, "challenger").version) == "2"
     assert client.get_model_version(name, "2").tags["rollout.decision"] == EXTEND
     for _ in range(2):
-        answer = rollout_decision.apply(config, "run-1", _decision(ABORT), url)
+        answer = rollout_decisions.apply(config, "run-1", _decision(ABORT), url)
         assert not answer["champion_moved"]
     assert str(tracking.champion(name).version) == "1" and tracking.champion(name, "challenger") is None
     assert _moves(engine, name, "challenger") == [("2", None, "gate"), (tracking.ALIAS_REMOVED, "2", "rollout")]
@@ -398,7 +400,7 @@ def test_an_alias_moved_to_a_new_test_is_not_removed_by_the_old_decision(registr
     client, config, engine, url = registry
     name = config.registered_model_name
     client.set_registered_model_alias(name, "challenger", "1")  # a new test started meanwhile
-    answer = rollout_decision.apply(config, "run-1", _decision(ABORT), url)
+    answer = rollout_decisions.apply(config, "run-1", _decision(ABORT), url)
     assert answer["alias_removed"] is False and str(tracking.champion(name, "challenger").version) == "1"
 
 
@@ -406,17 +408,17 @@ def test_decide_skips_without_a_rollout_or_a_challenger_and_records_nothing(regi
     client, config, engine, url = registry
     name = config.registered_model_name
     none = make_config(name=name)
-    assert "mode is none" in rollout_decision.decide(none, "r", DAY, url)["reason"]
+    assert "mode is none" in rollout_decisions.decide(none, "r", DAY, url)["reason"]
     unlabelled = make_config(
         name=name, labels=None, serving={"rollout": {"mode": "canary", "challenger": "challenger"}}
     )
     with pytest.raises(SourceError, match="has no 'labels' source"):
-        rollout_decision.decide(unlabelled, "r", DAY, url)
-    early = rollout_decision.decide(config, "r", DAY, url)  # the challenger alias moved today, after DAY
+        rollout_decisions.decide(unlabelled, "r", DAY, url)
+    early = rollout_decisions.decide(config, "r", DAY, url)  # the challenger alias moved today, after DAY
     assert early["skipped"] and "began on" in early["reason"] and f"after {DAY}" in early["reason"]
     labelled = make_config(name=name, labels={"uri": "/nowhere/labels.parquet", "layout": "file"},
                            serving={"rollout": {"mode": "canary", "challenger": "challenger"}})  # fmt: skip
     client.delete_registered_model_alias(name, "challenger")
-    skipped = rollout_decision.decide(labelled, "r", DAY, url)
+    skipped = rollout_decisions.decide(labelled, "r", DAY, url)
     assert skipped["skipped"] and "alias 'challenger'" in skipped["reason"] and "names no version" in skipped["reason"]
     assert rollout_store.load_decisions(engine, labelled.name, 10) == []

@@ -14,9 +14,17 @@ import yaml
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
-from lifecycle import demo_segments, segments, storage
-from lifecycle.config import ConfigError, PipelineConfig, load_pipeline
-from lifecycle.scoring import SEGMENT_SCORES_SCHEMA, ScoringBatchError, SegmentRouter, prediction_rows, score_partition
+from lifecycle.config.pipeline import ConfigError, PipelineConfig, load_pipeline
+from lifecycle.devtools import demo_segments
+from lifecycle.ml import segments
+from lifecycle.ml.scoring import (
+    SEGMENT_SCORES_SCHEMA,
+    ScoringBatchError,
+    SegmentRouter,
+    prediction_rows,
+    score_partition,
+)
+from lifecycle.persistence import storage
 
 REPO = Path(__file__).resolve().parents[2]
 STORE_YAML = REPO / "examples" / "pipelines" / "store_orders.yaml"

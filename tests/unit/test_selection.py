@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from lifecycle.gate import decide
-from lifecycle.selection import select_family
+from lifecycle.ml.gate import decide
+from lifecycle.ml.selection import select_family
 
 
 def _auc(lightgbm: float, linear: float) -> dict[str, dict[str, float]]:

@@ -1,4 +1,4 @@
-"""lifecycle.settings: one pydantic-settings model over the environment and the embedded default."""
+"""lifecycle.config.settings: one pydantic-settings model over the environment and the embedded default."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from lifecycle import settings as s
+from lifecycle.config import settings as s
 
 EMBEDDED = s.embedded_environment()
 
@@ -66,7 +66,7 @@ def test_export_skips_what_the_environment_sets_and_a_shell_evaluates_it(tmp_pat
     env = {k: v for k, v in os.environ.items() if k not in EMBEDDED}
     env["DATA_ROOT"] = "s3://mine/data"
     env["AIRFLOW_HOME"] = str(tmp_path / "a home with spaces")
-    script = f'exports="$({sys.executable} -m lifecycle.settings --export)" && eval "$exports" && env'
+    script = f'exports="$({sys.executable} -m lifecycle.config.settings --export)" && eval "$exports" && env'
     out = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, check=True).stdout
     seen = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
     assert seen["DATA_ROOT"] == "s3://mine/data", "an exported variable wins"
@@ -76,7 +76,7 @@ def test_export_skips_what_the_environment_sets_and_a_shell_evaluates_it(tmp_pat
 
 def test_export_fails_before_anything_runs_on_a_bad_override():
     env = {**os.environ, "AIRFLOW__CORE__LOAD_EXAMPLES": "maybe"}
-    script = f'exports="$({sys.executable} -m lifecycle.settings --export)" && eval "$exports" && echo RAN'
+    script = f'exports="$({sys.executable} -m lifecycle.config.settings --export)" && eval "$exports" && echo RAN'
     result = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True)
     assert result.returncode == 2 and "RAN" not in result.stdout
     assert "AIRFLOW__CORE__LOAD_EXAMPLES" in result.stderr
@@ -84,6 +84,6 @@ def test_export_fails_before_anything_runs_on_a_bad_override():
 
 def test_the_makefile_takes_its_environment_from_settings():
     makefile = (Path(s.REPO_ROOT) / "Makefile").read_text()
-    assert "lifecycle.settings --export" in makefile
+    assert "lifecycle.config.settings --export" in makefile
     for key in EMBEDDED:
         assert f"export {key}" not in makefile, f"{key} is defined again in the Makefile"

@@ -1,4 +1,4 @@
-"""lifecycle.storage on fsspec: the local filesystem, and S3 through s3fs on moto's HTTP server with the connection
+"""lifecycle.persistence.storage on fsspec: the local filesystem, and S3 through s3fs on moto's HTTP server with the connection
 given as AIRFLOW_CONN_AWS_DEFAULT and resolved by Airflow's own lookup."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lifecycle import storage
+from lifecycle.persistence import storage
 
 BUCKET = "storage-unit"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from lifecycle import training
+from lifecycle.ml import training
 
 VARIABLES = (
     "LIFECYCLE_SEARCH_JOBS",

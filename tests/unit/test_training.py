@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lifecycle import features, training
-from lifecycle.metrics import compute, scores
+from lifecycle.ml import features, training
+from lifecycle.ml.metrics import compute, scores
 
 SERIAL = {"search_jobs": 1, "lgbm_threads": 1}
 GRID = {"num_leaves": [4, 8], "n_estimators": [20]}

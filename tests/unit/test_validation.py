@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from lifecycle.validation import DataValidationError, build_suite, validate
+from lifecycle.ml.validation import DataValidationError, build_suite, validate
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_unknown_expectation_type_is_named(make_config):
 
 def test_the_contract_rules_are_judged_beside_the_suite_in_one_report(config, small_frame):
     """One GX run, one report: the suite's failures and the contract's, each naming its column and the window."""
-    from lifecycle import contract
+    from lifecycle.ml import contract
 
     reference = contract.derive(small_frame, config)
     frame = small_frame.copy()

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
-from lifecycle.config import PipelineConfig, load_pipelines
+from lifecycle.config.pipeline import PipelineConfig, load_pipelines
 from lifecycle.serving.follower import Follower, LoadedModel
 from lifecycle.serving.log_writer import PredictionLog
 from lifecycle.serving.predict import Predictor
@@ -169,10 +169,10 @@ def _open_logs(
     """One started log writer per prediction database, by pipeline (or why a pipeline has none)."""
     import sqlalchemy as sa
 
-    from lifecycle.predictions_db import engine_for
+    from lifecycle.persistence.predictions_db import engine_for
 
     if urls is None:
-        from lifecycle.cli import connection_urls
+        from lifecycle.devtools.cli import connection_urls
 
         urls = connection_urls(c.prediction.conn_id for c in configs) if configs else {}
     opened: dict[str, PredictionLog] = {}

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lifecycle.config import PipelineConfig
+from lifecycle.config.pipeline import PipelineConfig
 from lifecycle.serving.schema import Column, columns_of
 
 log = logging.getLogger(__name__)
@@ -78,8 +78,8 @@ def load_version(model_name: str, version: str) -> LoadedModel:
     """
     import mlflow
 
-    from lifecycle import model_trust
-    from lifecycle.tracking import mlflow_client
+    from lifecycle.registry import model_trust
+    from lifecycle.registry.tracking import mlflow_client
 
     uri = f"models:/{model_name}/{version}"
     source = mlflow_client().get_model_version(model_name, version).source or ""
@@ -94,7 +94,7 @@ def resolve_versions(config: PipelineConfig) -> tuple[str | None, str | None]:
     """(champion version, challenger version) as the registry has them now; None where there is none."""
     from mlflow.exceptions import MlflowException
 
-    from lifecycle import tracking
+    from lifecycle.registry import tracking
 
     name = config.registered_model_name
     champion = tracking.champion(name)

@@ -26,7 +26,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from lifecycle.predictions_db import create_tables
+from lifecycle.persistence.predictions_db import create_tables
 
 log = logging.getLogger(__name__)
 

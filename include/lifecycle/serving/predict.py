@@ -23,7 +23,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from lifecycle.config import PipelineConfig
+from lifecycle.config.pipeline import PipelineConfig
 from lifecycle.serving import schema
 from lifecycle.serving.follower import Follower, LoadedModel
 from lifecycle.serving.log_writer import PredictionLog
@@ -156,7 +156,7 @@ class Predictor:
 
 
 def _score(config: PipelineConfig, model: LoadedModel, rows: list[dict[str, Any]]) -> tuple[list[Any], list[Any]]:
-    from lifecycle.scoring import predict
+    from lifecycle.ml.scoring import predict
 
     score, label = predict(config, model.model, schema.to_frame(rows, model.columns), config.prediction.threshold)
     return np.asarray(score, dtype=float).tolist(), [None if v is None else str(v) for v in label]

@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from lifecycle.config import PipelineConfig, Rollout
+from lifecycle.config.pipeline import PipelineConfig, Rollout
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"

@@ -1,0 +1,1 @@
+"""Configuration: the typed pipeline model (one per YAML), the environment's settings, GX's registry."""

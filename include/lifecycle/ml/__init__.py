@@ -1,0 +1,1 @@
+"""The ML phases as pure functions: ingestion, validation, features, training, gate, scoring, drift, metrics."""
