@@ -90,6 +90,6 @@ def test_the_policy_watches_the_metric_the_yaml_names():
     data = demo.model_dump()
     data["performance"]["policy"]["metric"] = "rmse"
     with pytest.raises(
-        ValueError, match="performance_tracking.policy.metric: metric 'rmse' does not apply to task 'binary'"
+        ValueError, match="performance.policy.metric: metric 'rmse' does not apply to task 'binary'"
     ):
         PipelineConfig.model_validate(data)

@@ -80,7 +80,18 @@ def test_a_bad_setting_is_named(clean_environment, name, value):
 
 def test_the_search_gets_the_plan(make_config, training_frame, clean_environment):
     _celery_worker(clean_environment, 2, 4)
+    clean_environment.setattr(training, "SMALL_SEARCH_ROWS", len(training_frame))  # this frame counts as large
     config = make_config(training={"validation_days": 2, "holdout_days": 4, "cv_folds": 2})
     search = training.make_search(config, training_frame, {"num_leaves": [4]}, "grid")
     assert search.n_jobs == 2
+    assert search.estimator.named_steps["model"].get_params()["n_jobs"] == 1
+
+
+def test_a_small_training_set_searches_in_the_tasks_own_process(make_config, training_frame, clean_environment):
+    """Worker processes cost seconds to start and the fits take milliseconds: a segment model's search runs alone."""
+    _celery_worker(clean_environment, 2, 4)
+    config = make_config(training={"validation_days": 2, "holdout_days": 4, "cv_folds": 2})
+    assert len(training_frame) < training.SMALL_SEARCH_ROWS
+    search = training.make_search(config, training_frame, {"num_leaves": [4]}, "grid")
+    assert search.n_jobs == 1
     assert search.estimator.named_steps["model"].get_params()["n_jobs"] == 1
