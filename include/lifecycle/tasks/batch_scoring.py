@@ -64,9 +64,9 @@ def resolve_champion(
     `choice` is the run's `model` Param: `champion` (the alias now), `on_date` (the alias at `at`, from the
     registry history in the predictions database at `database_url`: MLflow keeps no alias history), a
     version number, or `auto` (`on_date` for a backfill run, so that re-scoring history uses the model of each
-    day, else `champion`). The answer says which rule chose the version (`chosen_by`).
+    day, else `champion`). The answer says which rule chose the version (`chosen_by`). A segmented pipeline
+    resolves each segment's model by the same rule (lifecycle.ml.segments.resolve_champions).
     """
-
     if config.segments is not None and config.segment is None:  # one model per segment: resolve each
         from lifecycle.ml.segments import resolve_champions
 
